@@ -1,0 +1,134 @@
+//! The replication slot and publication walhook owns, set up on the replication session.
+//!
+//! Order matters: the publication is created before the slot, because pgoutput reads the
+//! publication through the historic snapshot of each change, and a publication younger than
+//! the slot's consistent point would be "does not exist" for the changes in between.
+
+use super::connection::{Connection, quote_ident, quote_literal};
+use super::error::CaptureError;
+use crate::lsn::Lsn;
+
+/// The server's answer to `IDENTIFY_SYSTEM`.
+#[derive(Debug, Clone)]
+pub struct SystemInfo {
+    /// Cluster system identifier.
+    pub system_id: String,
+    /// Current timeline.
+    pub timeline: u32,
+    /// Current WAL flush position.
+    pub xlog_pos: Lsn,
+    /// Database of this session.
+    pub database: String,
+}
+
+/// Runs `IDENTIFY_SYSTEM` and checks that the server can decode logically.
+pub async fn identify_system(conn: &mut Connection) -> Result<SystemInfo, CaptureError> {
+    let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
+    let row = rows
+        .into_iter()
+        .next()
+        .ok_or_else(|| CaptureError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
+    let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    let info = SystemInfo {
+        system_id: field(0),
+        timeline: field(1).parse().unwrap_or(0),
+        xlog_pos: field(2).parse().unwrap_or_default(),
+        database: field(3),
+    };
+    let wal_level = conn.simple_query("SHOW wal_level").await?;
+    let wal_level = wal_level
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .unwrap_or_default();
+    if wal_level != "logical" {
+        return Err(CaptureError::Config(format!(
+            "the server runs with wal_level={wal_level}; capture = \"replication\" needs \
+             wal_level=logical (set it in postgresql.conf and restart PostgreSQL)"
+        )));
+    }
+    Ok(info)
+}
+
+/// Creates the publication when absent and adds the configured tables it lacks.
+/// `tables` are `table` or `schema.table`.
+pub async fn ensure_publication(
+    conn: &mut Connection,
+    publication: &str,
+    tables: &[String],
+) -> Result<(), CaptureError> {
+    let exists = conn
+        .simple_query(&format!(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
+            quote_literal(publication)
+        ))
+        .await?;
+    if exists.is_empty() {
+        conn.simple_query(&format!("CREATE PUBLICATION {}", quote_ident(publication)))
+            .await?;
+        tracing::info!(publication, "created publication");
+    }
+    for table in tables {
+        let name = qualified(table);
+        let member = conn
+            .simple_query(&format!(
+                "SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p \
+                 ON p.oid = pr.prpubid WHERE p.pubname = {} AND pr.prrelid = {}::regclass",
+                quote_literal(publication),
+                quote_literal(&name)
+            ))
+            .await?;
+        if member.is_empty() {
+            conn.simple_query(&format!(
+                "ALTER PUBLICATION {} ADD TABLE {name}",
+                quote_ident(publication)
+            ))
+            .await?;
+            tracing::info!(publication, table = %name, "added table to publication");
+        }
+    }
+    Ok(())
+}
+
+/// `orders` → `"orders"`, `app.orders` → `"app"."orders"`.
+fn qualified(table: &str) -> String {
+    match table.split_once('.') {
+        Some((schema, name)) => format!("{}.{}", quote_ident(schema), quote_ident(name)),
+        None => quote_ident(table),
+    }
+}
+
+/// Creates the logical slot (pgoutput) when absent; returns its `confirmed_flush_lsn`, the
+/// position already acknowledged durably by an earlier run.
+pub async fn ensure_slot(conn: &mut Connection, slot: &str) -> Result<Lsn, CaptureError> {
+    let rows = conn
+        .simple_query(&format!(
+            "SELECT plugin, database, confirmed_flush_lsn FROM pg_catalog.pg_replication_slots \
+             WHERE slot_name = {}",
+            quote_literal(slot)
+        ))
+        .await?;
+    if let Some(row) = rows.into_iter().next() {
+        let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        if field(0) != "pgoutput" {
+            return Err(CaptureError::Config(format!(
+                "replication slot {slot:?} exists but uses plugin {:?}, not pgoutput; \
+                 choose another capture.slot or drop it",
+                field(0)
+            )));
+        }
+        return Ok(field(2).parse().unwrap_or_default());
+    }
+    let created = conn
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+            quote_ident(slot)
+        ))
+        .await?;
+    let consistent = created
+        .first()
+        .and_then(|r| r.get(1).cloned().flatten())
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_default();
+    tracing::info!(slot, %consistent, "created replication slot");
+    Ok(consistent)
+}

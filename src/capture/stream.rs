@@ -1,0 +1,293 @@
+//! The replication session: `START_REPLICATION`, XLogData and keepalives, standby status
+//! updates, and reconnection.
+//!
+//! ```text
+//! walsender ──XLogData──▶ PgOutput::parse ──▶ Decoder ──▶ bounded channel ──▶ consumer
+//!     ▲                                                                          │
+//!     └──── Standby Status Update (flush = acknowledged LSN) ◀── Acknowledger ◀──┘
+//! ```
+//!
+//! LSN rules:
+//! - `flush` sent to the server is the consumer's acknowledged LSN (the end LSN of the last
+//!   transaction it made durable), never more — except when nothing is in flight (no open
+//!   transaction, every forwarded commit acknowledged): then the last keepalive's WAL end is
+//!   confirmed, so writes to unwatched tables do not pin WAL.
+//! - Status updates go out on a timer and when the server asks, not for every keepalive.
+//! - After any connection loss the session restarts from the acknowledged LSN; a transaction
+//!   cut in half is sent again from its Begin with the same positions.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio::time::{MissedTickBehavior, interval};
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::Catalog;
+use super::connection::{Connection, quote_ident, quote_literal};
+use super::error::CaptureError;
+use super::{Acknowledger, CaptureConfig, slot};
+use crate::change::CaptureMessage;
+use crate::lsn::Lsn;
+use crate::pgoutput::{Decoder, PgOutput};
+
+/// Send a status update at least this often even when nothing changed.
+const STATUS_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Runs sessions until cancelled or a definite error; transient errors reconnect with
+/// exponential backoff.
+pub(super) async fn run(
+    config: CaptureConfig,
+    tx: mpsc::Sender<CaptureMessage>,
+    ack: Acknowledger,
+    cancel: CancellationToken,
+) -> Result<(), CaptureError> {
+    let mut decoder = Decoder::default();
+    let mut catalog = Catalog::new(config.database.clone());
+    let mut delay = config.reconnect_min;
+    loop {
+        let mut session = Session::new(&config, &tx, &ack, &cancel);
+        let result = session.run(&mut decoder, &mut catalog).await;
+        ack.set_streaming(false);
+        decoder.reset_transaction();
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && !cancel.is_cancelled() => {
+                if session.streamed {
+                    delay = config.reconnect_min;
+                }
+                tracing::warn!(error = %e, retry_in = ?delay, "replication stream interrupted; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return Ok(()),
+                }
+                delay = (delay * 2).min(config.reconnect_max);
+            }
+            Err(CaptureError::ConsumerGone) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What the select loop woke up for.
+enum Wake {
+    Cancelled,
+    Tick,
+    Data(Result<Option<Bytes>, CaptureError>),
+}
+
+/// One connection's worth of streaming state.
+struct Session<'a> {
+    config: &'a CaptureConfig,
+    tx: &'a mpsc::Sender<CaptureMessage>,
+    ack: &'a Acknowledger,
+    cancel: &'a CancellationToken,
+    /// End LSN of the last commit handed to the consumer.
+    forwarded_end: Lsn,
+    /// WAL end reported by the latest keepalive.
+    server_end: Lsn,
+    /// Flush position last reported, and when.
+    reported: Lsn,
+    reported_at: Instant,
+    /// Whether this session reached the streaming state (resets the backoff).
+    streamed: bool,
+    out: Vec<CaptureMessage>,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        config: &'a CaptureConfig,
+        tx: &'a mpsc::Sender<CaptureMessage>,
+        ack: &'a Acknowledger,
+        cancel: &'a CancellationToken,
+    ) -> Self {
+        Session {
+            config,
+            tx,
+            ack,
+            cancel,
+            forwarded_end: Lsn(0),
+            server_end: Lsn(0),
+            reported: Lsn(0),
+            reported_at: Instant::now(),
+            streamed: false,
+            out: Vec::new(),
+        }
+    }
+
+    async fn run(
+        &mut self,
+        decoder: &mut Decoder,
+        catalog: &mut Catalog,
+    ) -> Result<(), CaptureError> {
+        let mut conn = Connection::connect(&self.config.database, true).await?;
+        let system = slot::identify_system(&mut conn).await?;
+        slot::ensure_publication(&mut conn, &self.config.publication, &self.config.tables).await?;
+        let confirmed = slot::ensure_slot(&mut conn, &self.config.slot).await?;
+        // What the server already confirmed was made durable by an earlier run.
+        self.ack.acknowledge(confirmed);
+        let start = self.ack.acknowledged();
+        self.forwarded_end = start;
+        self.reported = confirmed;
+        conn.start_copy_both(&format!(
+            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {})",
+            quote_ident(&self.config.slot),
+            quote_literal(&quote_ident(&self.config.publication)),
+        ))
+        .await?;
+        self.streamed = true;
+        self.ack.set_streaming(true);
+        tracing::info!(
+            slot = %self.config.slot,
+            %start,
+            server_wal = %system.xlog_pos,
+            pid = conn.backend_pid(),
+            "streaming changes"
+        );
+        let mut timer = interval(self.config.status_interval);
+        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let wake = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => Wake::Cancelled,
+                _ = timer.tick() => Wake::Tick,
+                data = conn.read_copy_data() => Wake::Data(data),
+            };
+            match wake {
+                Wake::Cancelled => {
+                    self.report(&mut conn, decoder, true).await?;
+                    conn.terminate().await;
+                    return Ok(());
+                }
+                Wake::Tick => self.report(&mut conn, decoder, false).await?,
+                Wake::Data(Ok(Some(data))) => {
+                    self.handle(&mut conn, decoder, catalog, data, &mut timer)
+                        .await?;
+                }
+                Wake::Data(Ok(None)) => {
+                    return Err(CaptureError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the server ended the replication stream",
+                    )));
+                }
+                Wake::Data(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn handle(
+        &mut self,
+        conn: &mut Connection,
+        decoder: &mut Decoder,
+        catalog: &mut Catalog,
+        data: Bytes,
+        timer: &mut tokio::time::Interval,
+    ) -> Result<(), CaptureError> {
+        match data.first() {
+            // XLogData: start, end, send time, then one pgoutput message.
+            Some(b'w') if data.len() >= 25 => {
+                let message = PgOutput::parse(&data[25..])?;
+                match message {
+                    PgOutput::Relation(relation) => {
+                        let oids = relation.columns.iter().map(|c| c.type_oid);
+                        catalog.resolve_types(oids, decoder.types_mut()).await?;
+                        let key = catalog.primary_key(relation.id).await?;
+                        decoder.add_relation(relation, key);
+                    }
+                    message => {
+                        decoder.decode(message, &mut self.out)?;
+                        self.forward(conn, decoder, timer).await?;
+                    }
+                }
+            }
+            // Primary keepalive: WAL end, send time, reply-requested flag.
+            Some(b'k') if data.len() >= 18 => {
+                let wal_end = Lsn(u64::from_be_bytes(
+                    data[1..9].try_into().unwrap_or_default(),
+                ));
+                self.server_end = self.server_end.max(wal_end);
+                if data[17] == 1 {
+                    self.report(conn, decoder, true).await?;
+                }
+            }
+            _ => {
+                return Err(CaptureError::Protocol(format!(
+                    "unexpected replication message {:?}",
+                    data.first().map(|&b| b as char)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands decoded messages to the consumer. While the channel is full the status timer
+    /// keeps running, so a slow consumer never trips `wal_sender_timeout`.
+    async fn forward(
+        &mut self,
+        conn: &mut Connection,
+        decoder: &Decoder,
+        timer: &mut tokio::time::Interval,
+    ) -> Result<(), CaptureError> {
+        for message in std::mem::take(&mut self.out) {
+            let commit_end = match &message {
+                CaptureMessage::Commit(c) => Some(c.end_lsn),
+                _ => None,
+            };
+            let permit = loop {
+                tokio::select! {
+                    permit = self.tx.reserve() => break permit.map_err(|_| CaptureError::ConsumerGone)?,
+                    _ = timer.tick() => self.report(conn, decoder, false).await?,
+                }
+            };
+            permit.send(message);
+            if let Some(end) = commit_end {
+                self.forwarded_end = end;
+            }
+        }
+        Ok(())
+    }
+
+    /// The position safe to confirm now.
+    fn flush_position(&self, decoder: &Decoder) -> Lsn {
+        let acked = self.ack.acknowledged();
+        let idle = !decoder.in_transaction() && acked >= self.forwarded_end;
+        if idle {
+            acked.max(self.server_end)
+        } else {
+            acked
+        }
+    }
+
+    /// Sends a Standby Status Update when the position moved, when forced, or as heartbeat.
+    async fn report(
+        &mut self,
+        conn: &mut Connection,
+        decoder: &Decoder,
+        force: bool,
+    ) -> Result<(), CaptureError> {
+        let flush = self.flush_position(decoder);
+        if !force && flush == self.reported && self.reported_at.elapsed() < STATUS_HEARTBEAT {
+            return Ok(());
+        }
+        let mut msg = BytesMut::with_capacity(34);
+        msg.put_u8(b'r');
+        msg.put_u64(flush.0); // written
+        msg.put_u64(flush.0); // flushed
+        msg.put_u64(flush.0); // applied
+        msg.put_i64(pg_now_micros());
+        msg.put_u8(0);
+        conn.write_copy_data(&msg).await?;
+        tracing::trace!(%flush, "standby status update");
+        self.reported = flush;
+        self.reported_at = Instant::now();
+        Ok(())
+    }
+}
+
+/// Now in microseconds since 2000-01-01 UTC.
+fn pg_now_micros() -> i64 {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    unix.as_micros() as i64 - 946_684_800_000_000
+}

@@ -1,0 +1,219 @@
+//! The change model handed from capture to the rest of the pipeline.
+//!
+//! A transaction arrives as `Begin`, its row changes, then `Commit`, streamed as they are
+//! decoded (a million-row transaction is never held in memory). Every change carries a
+//! [`Position`] — its transaction's commit LSN and its index inside the transaction — which
+//! is identical on every replay and becomes the event id. A consumer acknowledges a
+//! transaction by its [`Commit::end_lsn`] once its changes are delivered or durably queued.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::lsn::Lsn;
+
+/// A row as a JSON object, column name → `to_jsonb` value, in column order.
+pub type Row = Map<String, Value>;
+
+/// Where a change sits in the commit order; stable across replays and crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// LSN of the transaction's commit record.
+    pub commit_lsn: Lsn,
+    /// 0-based index of the change inside its transaction.
+    pub index: u32,
+}
+
+impl fmt::Display for Position {
+    /// `0000000004DC4880-0`: fixed width, so the text sorts like the position.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016X}-{}", self.commit_lsn.0, self.index)
+    }
+}
+
+/// A commit timestamp: microseconds since 2000-01-01 00:00:00 UTC (PostgreSQL's epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CommitTime(pub i64);
+
+impl CommitTime {
+    /// Microseconds between the Unix epoch and PostgreSQL's.
+    const UNIX_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+    /// Microseconds since the Unix epoch.
+    pub fn unix_micros(self) -> i64 {
+        self.0 + Self::UNIX_OFFSET_MICROS
+    }
+
+    /// RFC 3339 in UTC with microseconds: `2026-11-23T04:53:33.420316Z`.
+    pub fn to_rfc3339(self) -> String {
+        let micros = self.unix_micros();
+        let secs = micros.div_euclid(1_000_000);
+        let frac = micros.rem_euclid(1_000_000);
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60
+        )
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The operation a change records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// INSERT.
+    Insert,
+    /// UPDATE.
+    Update,
+    /// DELETE.
+    Delete,
+    /// TRUNCATE (no rows).
+    Truncate,
+}
+
+/// A captured table as the pipeline sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// Relation OID.
+    pub id: u32,
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// Column names in order.
+    pub columns: Vec<String>,
+    /// Primary key columns (else the replica identity's), which identify a row for ordering.
+    pub key: Vec<String>,
+}
+
+/// Start of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Begin {
+    /// Transaction id.
+    pub xid: u32,
+    /// LSN of its commit record.
+    pub commit_lsn: Lsn,
+    /// Commit time.
+    pub commit_time: CommitTime,
+}
+
+/// End of a transaction: acknowledge `end_lsn` once its changes are safe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// Transaction id.
+    pub xid: u32,
+    /// LSN of the commit record.
+    pub commit_lsn: Lsn,
+    /// LSN just past the commit record.
+    pub end_lsn: Lsn,
+    /// Commit time.
+    pub commit_time: CommitTime,
+    /// Number of row changes the transaction carried.
+    pub changes: u32,
+}
+
+/// One row change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowChange {
+    /// Stable position (commit LSN, index in transaction).
+    pub position: Position,
+    /// Transaction id.
+    pub xid: u32,
+    /// Commit time of the transaction.
+    pub commit_time: CommitTime,
+    /// The table changed.
+    pub table: Arc<Table>,
+    /// What happened.
+    pub op: Op,
+    /// New row (INSERT, UPDATE). Unchanged TOASTed values are filled from `old` when known.
+    pub new: Option<Row>,
+    /// Old row (UPDATE, DELETE): complete under `REPLICA IDENTITY FULL`, else key columns;
+    /// `None` when the server sent no old image.
+    pub old: Option<Row>,
+    /// Columns of `new` left out because their unchanged TOASTed value was not sent and
+    /// could not be filled in.
+    pub unchanged_toast: Vec<String>,
+}
+
+impl Op {
+    /// Lower-case SQL verb: `insert`, `update`, `delete`, `truncate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+        }
+    }
+}
+
+impl RowChange {
+    /// The change as a JSON object (what `walhook tail` prints).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "position": self.position.to_string(),
+            "xid": self.xid,
+            "commit_time": self.commit_time.to_rfc3339(),
+            "schema": self.table.schema,
+            "table": self.table.name,
+            "op": self.op.as_str(),
+            "key": self.table.key,
+            "new": self.new,
+            "old": self.old,
+            "unchanged_toast": self.unchanged_toast,
+        })
+    }
+}
+
+/// What the capture stream yields, in commit order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CaptureMessage {
+    /// A transaction starts.
+    Begin(Begin),
+    /// A row change of the current transaction.
+    Change(RowChange),
+    /// The current transaction committed.
+    Commit(Commit),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_time_formats_rfc3339_utc() {
+        assert_eq!(CommitTime(0).to_rfc3339(), "2000-01-01T00:00:00.000000Z");
+        // 2026-11-23T04:53:33.420316Z
+        let t = CommitTime(1_795_409_613_420_316 - 946_684_800_000_000);
+        assert_eq!(t.to_rfc3339(), "2026-11-23T04:53:33.420316Z");
+        assert_eq!(CommitTime(-1).to_rfc3339(), "1999-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn positions_print_sortably() {
+        let p = Position {
+            commit_lsn: Lsn(0x4DC4880),
+            index: 3,
+        };
+        assert_eq!(p.to_string(), "0000000004DC4880-3");
+    }
+}

@@ -1,0 +1,179 @@
+//! Configuration: built-in defaults (`config.default.toml`, compiled in) < `walhook.toml` or
+//! `--config FILE` < `WALHOOK_*` environment variables (`__` separates nested keys).
+//!
+//! A bad value is refused at start with an error naming its key. `WALHOOK_LOG` (log filter)
+//! and `WALHOOK_CONFIG` (the file) are read by the binary, not here.
+
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::capture::CaptureConfig;
+
+/// The commented default configuration.
+pub const DEFAULT_TOML: &str = include_str!("config.default.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Connection URL (or key=value string) of the watched database.
+    pub database_url: String,
+    /// Capture settings.
+    pub capture: CaptureSection,
+    /// Tables declared in the file, added to the publication when missing.
+    #[serde(default)]
+    pub tables: Vec<TableSection>,
+}
+
+/// How changes are captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// Logical replication with pgoutput.
+    Replication,
+    /// Triggers writing an outbox, woken by LISTEN/NOTIFY.
+    Trigger,
+}
+
+/// `[capture]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSection {
+    /// `replication` or `trigger`.
+    pub mode: CaptureMode,
+    /// Replication slot name.
+    pub slot: String,
+    /// Publication name.
+    pub publication: String,
+    /// Standby status update interval in milliseconds.
+    pub status_interval_ms: u64,
+    /// Messages buffered between stream and consumer.
+    pub channel_capacity: usize,
+    /// First reconnect delay in milliseconds.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay in milliseconds.
+    pub reconnect_max_ms: u64,
+}
+
+/// `[[tables]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSection {
+    /// `table` or `schema.table`.
+    pub name: String,
+}
+
+/// The configuration could not be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading, parsing or typing failed; figment's message names the key and its source.
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value has the right type but is unusable.
+    #[error("configuration key {key}: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `database_url`.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads defaults < `file` (must exist when given; else `walhook.toml` if present) < env.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        figment = match file {
+            Some(path) => figment.merge(Toml::file_exact(path)),
+            None => figment.merge(Toml::file("walhook.toml")),
+        };
+        figment = figment.merge(
+            Env::prefixed("WALHOOK_")
+                .ignore(&["log", "config"])
+                .split("__"),
+        );
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.capture_config()?;
+        Ok(config)
+    }
+
+    /// The capture component's configuration, validated.
+    pub fn capture_config(&self) -> Result<CaptureConfig, ConfigError> {
+        let database = self
+            .database_url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "database_url",
+                message: format!("not a PostgreSQL connection string: {e}"),
+            })?;
+        let c = &self.capture;
+        let mut capture = CaptureConfig::new(database);
+        capture.slot = c.slot.clone();
+        capture.publication = c.publication.clone();
+        capture.tables = self.tables.iter().map(|t| t.name.clone()).collect();
+        capture.status_interval = Duration::from_millis(c.status_interval_ms);
+        capture.channel_capacity = c.channel_capacity;
+        capture.reconnect_min = Duration::from_millis(c.reconnect_min_ms.max(1));
+        capture.reconnect_max = Duration::from_millis(c.reconnect_max_ms.max(c.reconnect_min_ms));
+        capture.validate().map_err(|e| ConfigError::Invalid {
+            key: "capture",
+            message: e.to_string(),
+        })?;
+        Ok(capture)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn layers_file_over_defaults_and_env_over_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "walhook.toml",
+                "database_url = \"postgres://u@127.0.0.1/db\"\n[capture]\nslot = \"from_file\"\n",
+            )?;
+            jail.set_env("WALHOOK_CAPTURE__STATUS_INTERVAL_MS", "250");
+            let config = Config::load(None).expect("loads");
+            assert_eq!(config.capture.slot, "from_file");
+            assert_eq!(config.capture.status_interval_ms, 250);
+            assert_eq!(config.capture.publication, "walhook");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("WALHOOK_DATABASE_URL", "postgres://u@127.0.0.1/db");
+            jail.set_env("WALHOOK_CAPTURE__STATUS_INTERVAL_MS", "soon");
+            let err = Config::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(err.contains("capture.status_interval_ms"), "{err}");
+            jail.set_env("WALHOOK_CAPTURE__STATUS_INTERVAL_MS", "5");
+            jail.set_env("WALHOOK_CAPTURE__SLOT", "Bad-Slot");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("capture.slot \"Bad-Slot\""), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_database_url_and_missing_file_are_errors() {
+        Jail::expect_with(|_jail| {
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("database_url"), "{err}");
+            let err = Config::load(Some(Path::new("nope.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("nope.toml"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,35 @@
+//! walhook turns row changes in PostgreSQL into webhooks.
+//!
+//! # Layout
+//!
+//! ```text
+//! src/main.rs        CLI only: parse, load config, init tracing, call the library
+//! src/config.rs      figment chain: defaults < walhook.toml < WALHOOK_* env
+//! src/capture/       replication client (startup, TLS, auth, stream, status updates),
+//!                    slot/publication, catalog lookups
+//! src/pgoutput/      protocol bytes → typed messages; relation cache; values → JSON
+//! src/change.rs      the change model: Begin, RowChange{position, op, new, old}, Commit
+//! src/lsn.rs         WAL positions
+//! ```
+//!
+//! # Data path
+//!
+//! capture → decode → (route → deliver) → acknowledge. The capture task streams pgoutput
+//! from a walhook-owned slot, decodes each message as it arrives into [`change`] values and
+//! sends them through a bounded channel; the consumer acknowledges each commit's end LSN once
+//! it is safe, and only then may the slot advance past it.
+//!
+//! # Guarantees
+//!
+//! - Row values equal PostgreSQL's `to_jsonb(row)` under `TimeZone=UTC`.
+//! - Every change has a stable [`change::Position`] (commit LSN, index), the same on replay.
+//! - Nothing is acknowledged to the server before the consumer acknowledged it; while idle,
+//!   the keepalive's WAL end is confirmed so unrelated writes pin no WAL.
+
+pub mod capture;
+pub mod change;
+pub mod config;
+pub mod demo;
+pub mod localpg;
+pub mod lsn;
+pub mod pgoutput;

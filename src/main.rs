@@ -1,0 +1,89 @@
+//! The `walhook` binary: parses the command line, loads configuration, sets up logging and
+//! calls the library. No logic lives here.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use walhook::change::CaptureMessage;
+use walhook::config::{Config, TableSection};
+
+/// walhook: row changes in PostgreSQL, delivered as webhooks.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (must exist); default `walhook.toml` when present.
+    #[arg(long, global = true, env = "WALHOOK_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A working end-to-end example on a throwaway local PostgreSQL (needs the PostgreSQL
+    /// server binaries installed; no configuration).
+    Demo,
+    /// Stream captured row changes to stdout as JSON lines, acknowledging each commit once
+    /// printed (a debugging and inspection tool).
+    Tail {
+        /// Add a table (`table` or `schema.table`) to the publication.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WALHOOK_LOG")
+                .unwrap_or_else(|_| "walhook=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo => walhook::demo::run(std::io::stdout()).await,
+        Command::Tail { tables } => {
+            let mut config = Config::load(cli.config.as_deref())?;
+            config
+                .tables
+                .extend(tables.into_iter().map(|name| TableSection { name }));
+            tail(config).await
+        }
+    }
+}
+
+async fn tail(config: Config) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let mut capture = walhook::capture::start(config.capture_config()?, cancel.clone())?;
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        stop.cancel();
+    });
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    while let Some(message) = capture.changes.recv().await {
+        match message {
+            CaptureMessage::Change(change) => {
+                serde_json::to_writer(&mut out, &change.to_json())?;
+                out.write_all(b"\n")?;
+            }
+            CaptureMessage::Commit(commit) => {
+                out.flush()?;
+                capture.ack.acknowledge(commit.end_lsn);
+            }
+            CaptureMessage::Begin(_) => {}
+        }
+        if cancel.is_cancelled() {
+            break;
+        }
+    }
+    out.flush()?;
+    cancel.cancel();
+    capture.task.await.context("capture task panicked")??;
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Capture against a real PostgreSQL: exact values, change shapes, durability, logins.
+
+mod auth;
+mod changes;
+mod durability;
+mod values;

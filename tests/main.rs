@@ -1,0 +1,6 @@
+//! walhook's integration tests: one binary, one disposable PostgreSQL, one database per test.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod capture;
+mod support;
