@@ -9,6 +9,8 @@
 //!                    slot/publication, catalog lookups
 //! src/pgoutput/      protocol bytes → typed messages; relation cache; values → JSON
 //! src/change.rs      the change model: Begin, RowChange{position, op, new, old}, Commit
+//! src/events.rs      row change → event envelope (type, stable id, data, previous, changed)
+//! src/subscriptions/ diesel schema + store (migrations, sql/), routing index
 //! src/lsn.rs         WAL positions
 //! ```
 //!
@@ -30,6 +32,8 @@ pub mod capture;
 pub mod change;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod localpg;
 pub mod lsn;
 pub mod pgoutput;
+pub mod subscriptions;

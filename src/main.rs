@@ -26,6 +26,9 @@ enum Command {
     /// A working end-to-end example on a throwaway local PostgreSQL (needs the PostgreSQL
     /// server binaries installed; no configuration).
     Demo,
+    /// Create or upgrade walhook's schema (diesel migrations, then sql/walhook.sql); safe to
+    /// run repeatedly and from several processes at once.
+    Migrate,
     /// Stream captured row changes to stdout as JSON lines, acknowledging each commit once
     /// printed (a debugging and inspection tool).
     Tail {
@@ -47,6 +50,16 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo => walhook::demo::run(std::io::stdout()).await,
+        Command::Migrate => {
+            let config = Config::load(cli.config.as_deref())?;
+            walhook::subscriptions::store::migrate(
+                &config.database_url,
+                &config.capture.publication,
+            )
+            .await?;
+            eprintln!("walhook schema is up to date");
+            Ok(())
+        }
         Command::Tail { tables } => {
             let mut config = Config::load(cli.config.as_deref())?;
             config

@@ -23,19 +23,22 @@ async fn identify(config: &tokio_postgres::Config) -> Result<String, CaptureErro
 
 async fn roles(db: &TestDb) {
     // Roles are cluster-wide; tests may run in parallel, so create them idempotently.
-    db.exec(
-        "DO $$ BEGIN
-           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'walhook_scram') THEN
-             SET LOCAL password_encryption = 'scram-sha-256';
-             CREATE ROLE walhook_scram LOGIN REPLICATION PASSWORD 'scram pass';
-           END IF;
-           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'walhook_md5') THEN
-             SET LOCAL password_encryption = 'md5';
-             CREATE ROLE walhook_md5 LOGIN REPLICATION PASSWORD 'md5 pass';
-           END IF;
-         END $$;",
-    )
-    .await;
+    // Two tests may race to create them: a duplicate from the other one is fine.
+    for (role, method, password) in [
+        ("walhook_scram", "scram-sha-256", "scram pass"),
+        ("walhook_md5", "md5", "md5 pass"),
+    ] {
+        db.exec(&format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                 SET LOCAL password_encryption = '{method}';
+                 CREATE ROLE {role} LOGIN REPLICATION PASSWORD '{password}';
+               END IF;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+             END $$;"
+        ))
+        .await;
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,244 @@
+-- walhook's SQL admin surface: validation, watch/unwatch, subscribe/unsubscribe, redeliver,
+-- change notifications and views. Installed (idempotently) by `walhook migrate` after the
+-- diesel migrations; every statement is CREATE OR REPLACE or guarded.
+
+-- Event patterns: `noun.verb`, `noun.*`, `*.verb`, `*`.
+CREATE OR REPLACE FUNCTION walhook.event_pattern_valid(pattern text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT pattern = '*'
+        OR pattern ~ '^([a-z][a-z0-9_]*|\*)\.(created|updated|deleted|truncated|\*)$'
+$$;
+
+-- A fresh signing secret: `whsec_` + base64 of 32 strong random bytes (two v4 UUIDs come
+-- from pg_strong_random).
+CREATE OR REPLACE FUNCTION walhook.new_secret() RETURNS text
+LANGUAGE sql VOLATILE AS $$
+    SELECT 'whsec_' || encode(decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'), 'base64')
+$$;
+
+-- Validates every write to walhook.subscriptions, by function or by plain SQL, with messages
+-- that name the column.
+CREATE OR REPLACE FUNCTION walhook.check_subscription() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    pattern text;
+    known boolean;
+BEGIN
+    IF NEW.events IS NULL OR cardinality(NEW.events) = 0 THEN
+        RAISE EXCEPTION 'walhook.subscriptions.events must name at least one event pattern'
+            USING ERRCODE = 'check_violation', COLUMN = 'events',
+                  HINT = 'e.g. ''{orders.created}'', ''{orders.*}'', ''{*.deleted}'' or ''{*}''';
+    END IF;
+    FOREACH pattern IN ARRAY NEW.events LOOP
+        IF pattern IS NULL OR NOT walhook.event_pattern_valid(pattern) THEN
+            RAISE EXCEPTION 'walhook.subscriptions.events: % is not an event pattern', coalesce(quote_literal(pattern), 'NULL')
+                USING ERRCODE = 'check_violation', COLUMN = 'events',
+                      HINT = 'use noun.verb, noun.*, *.verb or *, with verb one of created, updated, deleted, truncated';
+        END IF;
+        SELECT EXISTS (
+            SELECT 1 FROM walhook.watched_tables w, unnest(w.verbs) v
+            WHERE pattern = '*'
+               OR (split_part(pattern, '.', 1) IN ('*', w.noun) AND split_part(pattern, '.', 2) IN ('*', v))
+        ) INTO known;
+        IF NOT known THEN
+            RAISE WARNING 'walhook.subscriptions.events: no watched table produces % yet', quote_literal(pattern)
+                USING HINT = 'watch a table with walhook.watch(); the subscription matches once it does';
+        END IF;
+    END LOOP;
+    IF NEW.target_url IS NULL OR NEW.target_url !~ '^https?://[^/?#[:space:]]+([/?#][^[:space:]]*)?$' THEN
+        RAISE EXCEPTION 'walhook.subscriptions.target_url must be an http:// or https:// URL, got %', coalesce(quote_literal(NEW.target_url), 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'target_url';
+    END IF;
+    IF NEW.filter IS NULL OR jsonb_typeof(NEW.filter) <> 'object' THEN
+        RAISE EXCEPTION 'walhook.subscriptions.filter must be a JSON object (column → value or array of values), got %', coalesce(NEW.filter::text, 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'filter';
+    END IF;
+    IF NEW.headers IS NULL OR jsonb_typeof(NEW.headers) <> 'object'
+       OR EXISTS (SELECT 1 FROM jsonb_each(NEW.headers) h WHERE jsonb_typeof(h.value) <> 'string') THEN
+        RAISE EXCEPTION 'walhook.subscriptions.headers must be a JSON object of string values, got %', coalesce(NEW.headers::text, 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'headers';
+    END IF;
+    IF NEW.secret IS NULL THEN
+        NEW.secret := walhook.new_secret();
+    ELSIF NEW.secret !~ '^whsec_[A-Za-z0-9+/]{32,}={0,2}$' THEN
+        RAISE EXCEPTION 'walhook.subscriptions.secret must be whsec_ followed by at least 24 base64-encoded bytes'
+            USING ERRCODE = 'check_violation', COLUMN = 'secret';
+    END IF;
+    IF NEW.expires_at IS NOT NULL AND NEW.expires_at <= now()
+       AND (TG_OP = 'INSERT' OR NEW.expires_at IS DISTINCT FROM OLD.expires_at) THEN
+        RAISE EXCEPTION 'walhook.subscriptions.expires_at % is in the past', NEW.expires_at
+            USING ERRCODE = 'check_violation', COLUMN = 'expires_at';
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        NEW.updated_at := now();
+        IF NEW.active AND NOT OLD.active THEN
+            NEW.disabled_reason := NULL;
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS check_subscription ON walhook.subscriptions;
+CREATE TRIGGER check_subscription BEFORE INSERT OR UPDATE ON walhook.subscriptions
+    FOR EACH ROW EXECUTE FUNCTION walhook.check_subscription();
+
+-- Wake the daemon: its routing index reloads on this notification (and on reconnect).
+CREATE OR REPLACE FUNCTION walhook.notify_config() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('walhook_config', TG_TABLE_NAME);
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS notify_config ON walhook.subscriptions;
+CREATE TRIGGER notify_config AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON walhook.subscriptions
+    FOR EACH STATEMENT EXECUTE FUNCTION walhook.notify_config();
+DROP TRIGGER IF EXISTS notify_config ON walhook.watched_tables;
+CREATE TRIGGER notify_config AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON walhook.watched_tables
+    FOR EACH STATEMENT EXECUTE FUNCTION walhook.notify_config();
+
+-- Watch a table: its changes become <noun>.created/updated/deleted (and truncated if asked).
+CREATE OR REPLACE FUNCTION walhook.watch(
+    tbl regclass,
+    noun text DEFAULT NULL,
+    verbs text[] DEFAULT NULL,
+    full_identity boolean DEFAULT true
+) RETURNS walhook.watched_tables
+LANGUAGE plpgsql AS $$
+DECLARE
+    rel record;
+    chosen_noun text;
+    chosen_verbs text[] := coalesce(verbs, '{created,updated,deleted}');
+    holder record;
+    has_key boolean;
+    pub text;
+    result walhook.watched_tables;
+BEGIN
+    SELECT c.relname, n.nspname, c.relkind, c.relreplident INTO rel
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'walhook.watch: % is not an ordinary table', tbl USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF rel.nspname = 'walhook' THEN
+        RAISE EXCEPTION 'walhook.watch: walhook''s own tables cannot be watched' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    chosen_noun := coalesce(noun, lower(rel.relname));
+    IF chosen_noun !~ '^[a-z][a-z0-9_]*$' THEN
+        RAISE EXCEPTION 'walhook.watch: noun % must be lower-case letters, digits and _, starting with a letter', quote_literal(chosen_noun)
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'pass noun => ''...''';
+    END IF;
+    IF cardinality(chosen_verbs) = 0 OR NOT chosen_verbs <@ '{created,updated,deleted,truncated}'::text[] THEN
+        RAISE EXCEPTION 'walhook.watch: verbs % must be a non-empty subset of {created,updated,deleted,truncated}', chosen_verbs
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT schema_name, table_name INTO holder FROM walhook.watched_tables w
+    WHERE w.noun = chosen_noun AND (w.schema_name, w.table_name) <> (rel.nspname, rel.relname);
+    IF FOUND THEN
+        RAISE EXCEPTION 'walhook.watch: noun % is already used by table %.%', quote_literal(chosen_noun), holder.schema_name, holder.table_name
+            USING ERRCODE = 'unique_violation', HINT = 'pass another noun => ''...''';
+    END IF;
+    SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND (indisprimary OR indisreplident)) INTO has_key;
+    IF full_identity THEN
+        IF rel.relreplident <> 'f' THEN
+            EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', tbl);
+        END IF;
+    ELSIF NOT has_key AND rel.relreplident <> 'f' THEN
+        RAISE EXCEPTION 'walhook.watch: % has no primary key and no replica identity index, so once published its UPDATE and DELETE statements would fail', tbl
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'add a primary key, or call walhook.watch(..., full_identity => true)';
+    END IF;
+    INSERT INTO walhook.watched_tables AS w (schema_name, table_name, noun, verbs, full_identity)
+    VALUES (rel.nspname, rel.relname, chosen_noun, chosen_verbs, full_identity)
+    ON CONFLICT (schema_name, table_name) DO UPDATE
+        SET noun = EXCLUDED.noun, verbs = EXCLUDED.verbs, full_identity = EXCLUDED.full_identity
+    RETURNING * INTO result;
+    -- Keep walhook's publication in step when it exists (the daemon creates it at start).
+    SELECT value INTO pub FROM walhook.settings WHERE name = 'publication';
+    IF EXISTS (SELECT 1 FROM pg_publication WHERE pubname = pub)
+       AND NOT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                       WHERE p.pubname = pub AND pr.prrelid = tbl) THEN
+        EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', pub, tbl);
+    END IF;
+    RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION walhook.unwatch(tbl regclass) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    pub text;
+    removed boolean;
+BEGIN
+    DELETE FROM walhook.watched_tables w
+    USING pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = tbl AND w.schema_name = n.nspname AND w.table_name = c.relname;
+    removed := FOUND;
+    SELECT value INTO pub FROM walhook.settings WHERE name = 'publication';
+    IF EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+               WHERE p.pubname = pub AND pr.prrelid = tbl) THEN
+        EXECUTE format('ALTER PUBLICATION %I DROP TABLE %s', pub, tbl);
+    END IF;
+    RETURN removed;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION walhook.subscribe(
+    target_url text,
+    events text[],
+    owner text DEFAULT NULL,
+    filter jsonb DEFAULT '{}',
+    secret text DEFAULT NULL,
+    headers jsonb DEFAULT '{}',
+    context text DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL
+) RETURNS walhook.subscriptions
+LANGUAGE sql AS $$
+    INSERT INTO walhook.subscriptions (target_url, events, owner, filter, secret, headers, context, expires_at)
+    VALUES (subscribe.target_url, subscribe.events, subscribe.owner, coalesce(subscribe.filter, '{}'),
+            subscribe.secret, coalesce(subscribe.headers, '{}'), subscribe.context, subscribe.expires_at)
+    RETURNING *
+$$;
+
+-- Removes every subscription to target_url; returns how many.
+CREATE OR REPLACE FUNCTION walhook.unsubscribe(target_url text) RETURNS integer
+LANGUAGE sql AS $$
+    WITH gone AS (DELETE FROM walhook.subscriptions s WHERE s.target_url = unsubscribe.target_url RETURNING 1)
+    SELECT count(*)::integer FROM gone
+$$;
+
+-- Removes one subscription; returns whether it existed.
+CREATE OR REPLACE FUNCTION walhook.unsubscribe(id uuid) RETURNS boolean
+LANGUAGE sql AS $$
+    WITH gone AS (DELETE FROM walhook.subscriptions s WHERE s.id = unsubscribe.id RETURNING 1)
+    SELECT count(*) > 0 FROM gone
+$$;
+
+-- Sends dead letters again: all, one subscription's, or one event's; returns how many.
+CREATE OR REPLACE FUNCTION walhook.redeliver(event_id text DEFAULT NULL, subscription_id uuid DEFAULT NULL)
+RETURNS integer
+LANGUAGE sql AS $$
+    WITH again AS (
+        UPDATE walhook.delivery_queue q
+        SET status = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL
+        WHERE q.status = 'dead'
+          AND (redeliver.event_id IS NULL OR q.event_id = redeliver.event_id)
+          AND (redeliver.subscription_id IS NULL OR q.subscription_id = redeliver.subscription_id)
+        RETURNING 1)
+    SELECT count(*)::integer FROM again
+$$;
+
+CREATE OR REPLACE VIEW walhook.dead_letters AS
+    SELECT q.id, q.subscription_id, s.target_url, q.event_id, q.event_type, q.body,
+           q.attempts, q.last_error, q.created_at
+    FROM walhook.delivery_queue q JOIN walhook.subscriptions s ON s.id = q.subscription_id
+    WHERE q.status = 'dead';
+
+CREATE OR REPLACE VIEW walhook.subscription_health AS
+    SELECT s.id, s.owner, s.target_url, s.active, s.disabled_reason,
+           st.last_success_at, st.last_error_at, st.last_error,
+           coalesce(st.consecutive_failures, 0) AS consecutive_failures,
+           (SELECT count(*) FROM walhook.delivery_queue q WHERE q.subscription_id = s.id AND q.status = 'pending') AS pending,
+           (SELECT count(*) FROM walhook.delivery_queue q WHERE q.subscription_id = s.id AND q.status = 'dead') AS dead
+    FROM walhook.subscriptions s LEFT JOIN walhook.subscription_stats st ON st.subscription_id = s.id;

@@ -1,0 +1,284 @@
+//! The routing index: event → subscriptions that receive it.
+//!
+//! Built from the watched tables and the active subscriptions. Patterns (`orders.created`,
+//! `orders.*`, `*.deleted`, `*`) are expanded at build time against the event types that
+//! exist, so routing an event is one hash lookup plus the filters of the subscriptions
+//! that match its type: non-matching subscriptions cost nothing per event.
+//!
+//! Filters: `{"column": value}` or `{"column": [v1, v2]}` (an array is always an IN-list),
+//! ANDed, matched on `data` (on `previous` for `deleted`, which equals `data` there). Numbers
+//! compare by value. Expired subscriptions never match, checked per event.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::store::{Subscription, WatchedTable};
+use crate::events::Event;
+
+/// A subscription as routing keeps it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The subscription row.
+    pub subscription: Subscription,
+    conditions: Vec<(String, Vec<Value>)>,
+    expires_at_micros: Option<i64>,
+}
+
+impl Route {
+    fn new(subscription: Subscription) -> Route {
+        let conditions = match &subscription.filter {
+            Value::Object(map) => map
+                .iter()
+                .map(|(column, wanted)| {
+                    let values = match wanted {
+                        Value::Array(items) => items.clone(),
+                        other => vec![other.clone()],
+                    };
+                    (column.clone(), values)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let expires_at_micros = subscription.expires_at.map(|t| t.timestamp_micros());
+        Route {
+            subscription,
+            conditions,
+            expires_at_micros,
+        }
+    }
+
+    /// Whether this route takes `event` at `now_micros` (Unix microseconds).
+    pub fn matches(&self, event: &Event, now_micros: i64) -> bool {
+        if self.expires_at_micros.is_some_and(|t| t <= now_micros) {
+            return false;
+        }
+        self.conditions.iter().all(|(column, wanted)| {
+            event
+                .data
+                .get(column)
+                .is_some_and(|got| wanted.iter().any(|w| same(got, w)))
+        })
+    }
+}
+
+/// JSON equality, with numbers compared by value (`42` = `42.0`).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+/// Event type → routes, plus which table produces which noun.
+#[derive(Debug, Default)]
+pub struct RoutingIndex {
+    by_type: HashMap<String, Vec<Arc<Route>>>,
+    nouns: HashMap<(String, String), crate::events::Watch>,
+}
+
+impl RoutingIndex {
+    /// Builds the index; subscriptions whose patterns match no existing event type are kept
+    /// out until a watched table produces one (the next rebuild picks them up).
+    pub fn build(tables: Vec<WatchedTable>, subscriptions: Vec<Subscription>) -> RoutingIndex {
+        let mut index = RoutingIndex::default();
+        let types: Vec<(String, String)> = tables
+            .iter()
+            .flat_map(|t| t.verbs.iter().map(move |v| (t.noun.clone(), v.clone())))
+            .collect();
+        for subscription in subscriptions {
+            let route = Arc::new(Route::new(subscription));
+            for (noun, verb) in &types {
+                if route
+                    .subscription
+                    .events
+                    .iter()
+                    .any(|p| pattern_matches(p, noun, verb))
+                {
+                    index
+                        .by_type
+                        .entry(format!("{noun}.{verb}"))
+                        .or_default()
+                        .push(route.clone());
+                }
+            }
+        }
+        for t in tables {
+            let watch = crate::events::Watch {
+                noun: t.noun,
+                verbs: t.verbs,
+            };
+            index.nouns.insert((t.schema_name, t.table_name), watch);
+        }
+        index
+    }
+
+    /// How the table `schema.table` is watched, if it is.
+    pub fn watch(&self, schema: &str, table: &str) -> Option<&crate::events::Watch> {
+        self.nouns.get(&(schema.to_owned(), table.to_owned()))
+    }
+
+    /// The routes that receive `event` now.
+    pub fn route<'a>(
+        &'a self,
+        event: &'a Event,
+        now_micros: i64,
+    ) -> impl Iterator<Item = &'a Arc<Route>> {
+        self.by_type
+            .get(&event.event_type)
+            .into_iter()
+            .flatten()
+            .filter(move |r| r.matches(event, now_micros))
+    }
+
+    /// The event types that exist now (from watched tables), sorted.
+    pub fn event_types(&self) -> Vec<String> {
+        let mut types: Vec<String> = self
+            .nouns
+            .values()
+            .flat_map(|w| w.verbs.iter().map(move |v| format!("{}.{v}", w.noun)))
+            .collect();
+        types.sort();
+        types
+    }
+}
+
+/// Whether `pattern` (`noun.verb`, `noun.*`, `*.verb`, `*`) covers `noun.verb`.
+pub fn pattern_matches(pattern: &str, noun: &str, verb: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.split_once('.') {
+        Some((n, v)) => (n == "*" || n == noun) && (v == "*" || v == verb),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{CommitTime, Op, Position, RowChange, Table};
+    use crate::events::Watch;
+    use crate::lsn::Lsn;
+    use serde_json::json;
+
+    fn sub(target: &str, events: &[&str], filter: Value, expires: Option<i64>) -> Subscription {
+        Subscription {
+            id: uuid::Uuid::new_v4(),
+            owner: None,
+            events: events.iter().map(|e| e.to_string()).collect(),
+            target_url: target.into(),
+            filter,
+            secret: "whsec_x".into(),
+            headers: json!({}),
+            context: None,
+            active: true,
+            expires_at: expires.and_then(chrono::DateTime::from_timestamp_micros),
+        }
+    }
+
+    fn tables() -> Vec<WatchedTable> {
+        let table = |noun: &str| WatchedTable {
+            schema_name: "public".into(),
+            table_name: noun.into(),
+            noun: noun.into(),
+            verbs: vec!["created".into(), "updated".into(), "deleted".into()],
+        };
+        vec![table("orders"), table("invoices")]
+    }
+
+    fn event(op: Op, new: Value, old: Option<Value>) -> Event {
+        let change = RowChange {
+            position: Position {
+                commit_lsn: Lsn(0x10),
+                index: 0,
+            },
+            xid: 1,
+            commit_time: CommitTime(0),
+            table: Arc::new(Table {
+                id: 1,
+                schema: "public".into(),
+                name: "orders".into(),
+                columns: vec!["id".into(), "ws".into()],
+                key: vec!["id".into()],
+            }),
+            op,
+            new: new.as_object().cloned(),
+            old: old.and_then(|o| o.as_object().cloned()),
+            unchanged_toast: vec![],
+        };
+        let watch = Watch {
+            noun: "orders".into(),
+            verbs: vec!["created".into(), "updated".into(), "deleted".into()],
+        };
+        Event::from_change(&change, &watch).unwrap()
+    }
+
+    fn targets(index: &RoutingIndex, event: &Event) -> Vec<String> {
+        let mut t: Vec<String> = index
+            .route(event, 0)
+            .map(|r| r.subscription.target_url.clone())
+            .collect();
+        t.sort();
+        t
+    }
+
+    #[test]
+    fn patterns_cover_exact_noun_verb_and_star() {
+        assert!(pattern_matches("orders.created", "orders", "created"));
+        assert!(pattern_matches("orders.*", "orders", "deleted"));
+        assert!(pattern_matches("*.deleted", "invoices", "deleted"));
+        assert!(pattern_matches("*", "x", "updated"));
+        assert!(!pattern_matches("orders.created", "orders", "updated"));
+        assert!(!pattern_matches("invoices.*", "orders", "created"));
+        assert!(!pattern_matches("orders", "orders", "created"));
+    }
+
+    #[test]
+    fn routes_by_pattern_filter_and_expiry() {
+        let subs = vec![
+            sub("a", &["orders.created"], json!({}), None),
+            sub("b", &["orders.*", "*.created"], json!({}), None),
+            sub("c", &["*.deleted"], json!({}), None),
+            sub("d", &["*"], json!({"ws": 42}), None),
+            sub("e", &["*"], json!({"ws": [1, 2.0]}), None),
+            sub("f", &["*"], json!({}), Some(-1)),
+            sub("g", &["invoices.*"], json!({}), None),
+        ];
+        let index = RoutingIndex::build(tables(), subs);
+        let created = event(Op::Insert, json!({"id": 1, "ws": 42}), None);
+        assert_eq!(targets(&index, &created), vec!["a", "b", "d"]);
+        let created2 = event(Op::Insert, json!({"id": 1, "ws": 2}), None);
+        assert_eq!(targets(&index, &created2), vec!["a", "b", "e"]);
+        let deleted = event(Op::Delete, json!(null), Some(json!({"id": 1, "ws": 42})));
+        assert_eq!(
+            targets(&index, &deleted),
+            vec!["b", "c", "d"],
+            "deleted filters on the old row"
+        );
+        assert_eq!(
+            index.event_types(),
+            [
+                "invoices.created",
+                "invoices.deleted",
+                "invoices.updated",
+                "orders.created",
+                "orders.deleted",
+                "orders.updated"
+            ]
+        );
+    }
+
+    #[test]
+    fn non_matching_subscriptions_are_not_visited() {
+        let mut subs: Vec<Subscription> = (0..10_000)
+            .map(|i| sub(&format!("n{i}"), &["invoices.*"], json!({}), None))
+            .collect();
+        subs.push(sub("hit", &["orders.created"], json!({}), None));
+        let index = RoutingIndex::build(tables(), subs);
+        let created = event(Op::Insert, json!({"id": 1, "ws": 1}), None);
+        assert_eq!(index.by_type.get("orders.created").map(Vec::len), Some(1));
+        assert_eq!(targets(&index, &created), vec!["hit"]);
+    }
+}

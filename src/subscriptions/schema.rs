@@ -1,0 +1,51 @@
+//! Diesel table definitions for the `walhook` schema (see `migrations/`).
+
+diesel::table! {
+    /// Tables whose changes become events.
+    walhook.watched_tables (schema_name, table_name) {
+        /// Schema of the watched table.
+        schema_name -> Text,
+        /// Name of the watched table.
+        table_name -> Text,
+        /// Event noun (`orders` in `orders.created`).
+        noun -> Text,
+        /// Verbs produced: created, updated, deleted, truncated.
+        verbs -> Array<Text>,
+        /// Whether watch() set REPLICA IDENTITY FULL.
+        full_identity -> Bool,
+        /// When it was watched.
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Webhook subscriptions (SPEC §3).
+    walhook.subscriptions (id) {
+        /// Subscription id.
+        id -> Uuid,
+        /// Owning account; NULL = admin.
+        owner -> Nullable<Text>,
+        /// Event patterns.
+        events -> Array<Text>,
+        /// Where events are POSTed.
+        target_url -> Text,
+        /// Column → value (or array of values) conditions on `data`.
+        filter -> Jsonb,
+        /// Signing secret `whsec_…`.
+        secret -> Text,
+        /// Extra headers.
+        headers -> Jsonb,
+        /// Echoed in every envelope.
+        context -> Nullable<Text>,
+        /// Inactive subscriptions never match.
+        active -> Bool,
+        /// After this, the subscription never matches.
+        expires_at -> Nullable<Timestamptz>,
+        /// Why it was disabled.
+        disabled_reason -> Nullable<Text>,
+        /// Creation time.
+        created_at -> Timestamptz,
+        /// Last change.
+        updated_at -> Timestamptz,
+    }
+}

@@ -1,0 +1,129 @@
+//! Data access for walhook's own schema: migrations, and loading what routing needs.
+//! The only module that talks diesel.
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use super::schema::{subscriptions, watched_tables};
+
+/// The diesel migrations in `migrations/`.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Functions, triggers and views (`sql/walhook.sql`), reinstalled after every migration run.
+pub const SQL: &str = include_str!("../../sql/walhook.sql");
+
+/// Advisory lock key serialising concurrent `migrate` runs ("walhook" in ASCII).
+const MIGRATE_LOCK: i64 = 0x77_616c_686f_6f6b;
+
+/// Data access failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Could not connect.
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    /// A query failed.
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+/// A watched table row.
+#[derive(Debug, Clone, Queryable, Selectable, PartialEq, Eq)]
+#[diesel(table_name = watched_tables)]
+pub struct WatchedTable {
+    /// Schema.
+    pub schema_name: String,
+    /// Table.
+    pub table_name: String,
+    /// Event noun.
+    pub noun: String,
+    /// Verbs produced.
+    pub verbs: Vec<String>,
+}
+
+/// A subscription row, as routing needs it.
+#[derive(Debug, Clone, Queryable, Selectable, PartialEq)]
+#[diesel(table_name = subscriptions)]
+pub struct Subscription {
+    /// Id.
+    pub id: uuid::Uuid,
+    /// Owner.
+    pub owner: Option<String>,
+    /// Event patterns.
+    pub events: Vec<String>,
+    /// Target URL.
+    pub target_url: String,
+    /// Filter object.
+    pub filter: serde_json::Value,
+    /// Signing secret.
+    pub secret: String,
+    /// Extra headers.
+    pub headers: serde_json::Value,
+    /// Context echoed in envelopes.
+    pub context: Option<String>,
+    /// Active flag.
+    pub active: bool,
+    /// Expiry.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Applies pending migrations and (re)installs `sql/walhook.sql`, under an advisory lock so
+/// concurrent runs are safe; records the publication name SQL functions keep in step.
+pub async fn migrate(database_url: &str, publication: &str) -> Result<(), StoreError> {
+    let url = database_url.to_owned();
+    let publication = publication.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
+        conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATE_LOCK})"))?;
+        let result = apply(&mut conn, &publication);
+        conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATE_LOCK})"))?;
+        result
+    })
+    .await
+    .map_err(|e| StoreError::Migration(e.to_string()))?
+}
+
+fn apply(
+    conn: &mut AsyncConnectionWrapper<AsyncPgConnection>,
+    publication: &str,
+) -> Result<(), StoreError> {
+    conn.run_pending_migrations(MIGRATIONS)
+        .map_err(|e| StoreError::Migration(e.to_string()))?;
+    conn.batch_execute(SQL)?;
+    let query =
+        diesel::sql_query("UPDATE walhook.settings SET value = $1 WHERE name = 'publication'")
+            .bind::<diesel::sql_types::Text, _>(publication);
+    diesel::RunQueryDsl::execute(query, conn)?;
+    Ok(())
+}
+
+/// Opens a connection for routing loads.
+pub async fn connect(database_url: &str) -> Result<AsyncPgConnection, StoreError> {
+    Ok(<AsyncPgConnection as diesel_async::AsyncConnection>::establish(database_url).await?)
+}
+
+/// Everything routing needs: watched tables and active, unexpired subscriptions.
+pub async fn load_routing(
+    conn: &mut AsyncPgConnection,
+) -> Result<(Vec<WatchedTable>, Vec<Subscription>), StoreError> {
+    let tables = watched_tables::table
+        .select(WatchedTable::as_select())
+        .load(conn)
+        .await?;
+    let subs = subscriptions::table
+        .filter(subscriptions::active.eq(true))
+        .filter(
+            subscriptions::expires_at
+                .is_null()
+                .or(subscriptions::expires_at.gt(diesel::dsl::now)),
+        )
+        .select(Subscription::as_select())
+        .load(conn)
+        .await?;
+    Ok((tables, subs))
+}

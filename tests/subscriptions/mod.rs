@@ -1,0 +1,4 @@
+//! The SQL admin surface, events built from real changes, routing over real rows.
+
+mod envelope;
+mod sql;
