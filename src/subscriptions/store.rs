@@ -27,6 +27,9 @@ pub enum StoreError {
     /// A query failed.
     #[error("database query failed: {0}")]
     Query(#[from] diesel::result::Error),
+    /// The LISTEN session for configuration changes failed.
+    #[error("listening for configuration changes failed: {0}")]
+    Listen(String),
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migration(String),

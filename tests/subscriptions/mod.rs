@@ -1,4 +1,5 @@
 //! The SQL admin surface, events built from real changes, routing over real rows.
 
 mod envelope;
+mod live;
 mod sql;
