@@ -52,16 +52,24 @@ fn events() -> Vec<Event> {
         columns: vec!["id".into(), "workspace_id".into(), "status".into()],
         key: vec!["id".into()],
     });
-    let watch = Watch { noun: "orders".into(), verbs: vec!["created".into()] };
+    let watch = Watch {
+        noun: "orders".into(),
+        verbs: vec!["created".into()],
+    };
     (0..EVENTS)
         .map(|i| {
             let change = RowChange {
-                position: Position { commit_lsn: Lsn(i as u64), index: 0 },
+                position: Position {
+                    commit_lsn: Lsn(i as u64),
+                    index: 0,
+                },
                 xid: 1,
                 commit_time: CommitTime(0),
                 table: table.clone(),
                 op: Op::Insert,
-                new: json!({"id": i, "workspace_id": 42, "status": "new"}).as_object().cloned(),
+                new: json!({"id": i, "workspace_id": 42, "status": "new"})
+                    .as_object()
+                    .cloned(),
                 old: None,
                 unchanged_toast: vec![],
             };
@@ -79,7 +87,11 @@ fn run(name: &str, index: &RoutingIndex, events: &[Event]) -> f64 {
         for event in events {
             routed += index.route(black_box(event), 0).count();
         }
-        assert_eq!(routed, events.len(), "exactly the one matching subscription");
+        assert_eq!(
+            routed,
+            events.len(),
+            "exactly the one matching subscription"
+        );
         best = best.min(start.elapsed().as_secs_f64());
     }
     let ns = best * 1e9 / events.len() as f64;
@@ -90,15 +102,29 @@ fn run(name: &str, index: &RoutingIndex, events: &[Event]) -> f64 {
 fn main() {
     let events = events();
     println!("| subscriptions | events/s | ns/event |\n|---|---|---|");
-    let hit = || subscription("https://hit.test/".into(), &["orders.created"], json!({"workspace_id": 42}));
+    let hit = || {
+        subscription(
+            "https://hit.test/".into(),
+            &["orders.created"],
+            json!({"workspace_id": 42}),
+        )
+    };
     let one = RoutingIndex::build(tables(), vec![hit()]);
     let base = run("1 matching", &one, &events);
     let mut subs = vec![hit()];
     let patterns = ["invoices.*", "*.deleted", "orders.updated"];
     for i in 0..10_000 {
         let noun_pattern = format!("t{}.created", i % 100);
-        let pattern = if i % 4 == 3 { noun_pattern.as_str() } else { patterns[i % 3] };
-        subs.push(subscription(format!("https://n{i}.test/"), &[pattern], json!({})));
+        let pattern = if i % 4 == 3 {
+            noun_pattern.as_str()
+        } else {
+            patterns[i % 3]
+        };
+        subs.push(subscription(
+            format!("https://n{i}.test/"),
+            &[pattern],
+            json!({}),
+        ));
     }
     let many = RoutingIndex::build(tables(), subs);
     let loaded = run("1 matching + 10,000 non-matching", &many, &events);

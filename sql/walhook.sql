@@ -16,6 +16,36 @@ LANGUAGE sql VOLATILE AS $$
     SELECT 'whsec_' || encode(decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'), 'base64')
 $$;
 
+-- Whether an address is refused as a webhook target (same ranges as src/delivery/guard.rs).
+CREATE OR REPLACE FUNCTION walhook.address_forbidden(a inet) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT a <<= ANY ('{0.0.0.0/8,10.0.0.0/8,100.64.0.0/10,127.0.0.0/8,169.254.0.0/16,172.16.0.0/12,192.0.0.0/24,192.168.0.0/16,198.18.0.0/15,224.0.0.0/3,::/128,::1/128,fc00::/7,fe80::/10,ff00::/8,::ffff:0.0.0.0/96}'::inet[])
+$$;
+
+-- Whether target_url may be subscribed: IP-literal hosts in refused ranges are rejected unless
+-- allow_private_targets is set. Host names are checked when connecting (DNS can change).
+CREATE OR REPLACE FUNCTION walhook.target_allowed(target_url text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    host text := substring(target_url from '^[a-zA-Z]+://(?:[^@/?#]*@)?(\[[^]]+\]|[^:/?#]+)');
+    addr inet;
+BEGIN
+    IF coalesce((SELECT value FROM walhook.settings WHERE name = 'allow_private_targets'), 'false') = 'true' THEN
+        RETURN true;
+    END IF;
+    host := trim(both '[]' from coalesce(host, ''));
+    IF host !~ '^[0-9.]+$' AND host !~ ':' THEN
+        RETURN true;
+    END IF;
+    BEGIN
+        addr := host::inet;
+    EXCEPTION WHEN others THEN
+        RETURN true; -- not an address: the URL check or DNS decides
+    END;
+    RETURN NOT walhook.address_forbidden(addr);
+END
+$$;
+
 -- Validates every write to walhook.subscriptions, by function or by plain SQL, with messages
 -- that name the column.
 CREATE OR REPLACE FUNCTION walhook.check_subscription() RETURNS trigger
@@ -48,6 +78,11 @@ BEGIN
     IF NEW.target_url IS NULL OR NEW.target_url !~ '^https?://[^/?#[:space:]]+([/?#][^[:space:]]*)?$' THEN
         RAISE EXCEPTION 'walhook.subscriptions.target_url must be an http:// or https:// URL, got %', coalesce(quote_literal(NEW.target_url), 'NULL')
             USING ERRCODE = 'check_violation', COLUMN = 'target_url';
+    END IF;
+    IF NOT walhook.target_allowed(NEW.target_url) THEN
+        RAISE EXCEPTION 'walhook.subscriptions.target_url % points to a loopback, private, link-local or metadata address', quote_literal(NEW.target_url)
+            USING ERRCODE = 'check_violation', COLUMN = 'target_url',
+                  HINT = 'set delivery.allow_private_targets = true to allow such targets';
     END IF;
     IF NEW.filter IS NULL OR jsonb_typeof(NEW.filter) <> 'object' THEN
         RAISE EXCEPTION 'walhook.subscriptions.filter must be a JSON object (column → value or array of values), got %', coalesce(NEW.filter::text, 'NULL')
@@ -230,7 +265,7 @@ LANGUAGE sql AS $$
 $$;
 
 CREATE OR REPLACE VIEW walhook.dead_letters AS
-    SELECT q.id, q.subscription_id, s.target_url, q.event_id, q.event_type, q.body,
+    SELECT q.id, q.subscription_id, s.target_url, q.event_id, q.event_type, q.body::jsonb AS body,
            q.attempts, q.last_error, q.created_at
     FROM walhook.delivery_queue q JOIN walhook.subscriptions s ON s.id = q.subscription_id
     WHERE q.status = 'dead';

@@ -12,6 +12,8 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::CaptureConfig;
+use crate::delivery::DeliveryConfig;
+use crate::delivery::retry::RetryPolicy;
 
 /// The commented default configuration.
 pub const DEFAULT_TOML: &str = include_str!("config.default.toml");
@@ -24,9 +26,33 @@ pub struct Config {
     pub database_url: String,
     /// Capture settings.
     pub capture: CaptureSection,
-    /// Tables declared in the file, added to the publication when missing.
+    /// Delivery settings.
+    pub delivery: DeliverySection,
+    /// Tables declared in the file, watched at start (`walhook.watch`).
     #[serde(default)]
     pub tables: Vec<TableSection>,
+}
+
+/// `[delivery]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    /// Per-request timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// Allow loopback/private/link-local targets.
+    pub allow_private_targets: bool,
+    /// Concurrent requests per subscription.
+    pub max_in_flight_per_subscription: usize,
+    /// Jobs per subscription in memory before queueing in the table.
+    pub max_waiting_per_subscription: usize,
+    /// Jobs in memory overall before capture pauses.
+    pub max_outstanding: usize,
+    /// Retry delays in milliseconds.
+    pub retry_schedule_ms: Vec<u64>,
+    /// Disable after failing this long without success (seconds).
+    pub disable_after_secs: u64,
+    /// Retrier poll interval in milliseconds.
+    pub retry_poll_ms: u64,
 }
 
 /// How changes are captured.
@@ -98,7 +124,55 @@ impl Config {
         );
         let config: Config = figment.extract().map_err(Box::new)?;
         config.capture_config()?;
+        config.delivery_config()?;
         Ok(config)
+    }
+
+    /// Defaults < `toml` only (no file, no environment): for tests and embedding.
+    pub fn from_toml(toml: &str) -> Result<Config, ConfigError> {
+        let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.capture_config()?;
+        config.delivery_config()?;
+        Ok(config)
+    }
+
+    /// The delivery component's configuration, validated.
+    pub fn delivery_config(&self) -> Result<DeliveryConfig, ConfigError> {
+        let d = &self.delivery;
+        let positive = |key: &'static str, value: u64| {
+            if value == 0 {
+                Err(ConfigError::Invalid {
+                    key,
+                    message: "must be positive".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("delivery.timeout_ms", d.timeout_ms)?;
+        positive(
+            "delivery.max_in_flight_per_subscription",
+            d.max_in_flight_per_subscription as u64,
+        )?;
+        positive("delivery.max_outstanding", d.max_outstanding as u64)?;
+        positive("delivery.retry_poll_ms", d.retry_poll_ms)?;
+        Ok(DeliveryConfig {
+            timeout: Duration::from_millis(d.timeout_ms),
+            allow_private_targets: d.allow_private_targets,
+            max_in_flight: d.max_in_flight_per_subscription,
+            max_waiting: d.max_waiting_per_subscription,
+            max_outstanding: d.max_outstanding,
+            retry: RetryPolicy {
+                schedule: d
+                    .retry_schedule_ms
+                    .iter()
+                    .map(|&ms| Duration::from_millis(ms))
+                    .collect(),
+            },
+            disable_after: Duration::from_secs(d.disable_after_secs),
+            retry_poll: Duration::from_millis(d.retry_poll_ms),
+        })
     }
 
     /// The capture component's configuration, validated.

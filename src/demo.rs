@@ -1,16 +1,25 @@
-//! `walhook demo`: a working example on a throwaway local PostgreSQL.
+//! `walhook demo`: the whole product on a throwaway local PostgreSQL.
 //!
-//! Starts a server ([`LocalPostgres`]), creates and watches a sample `orders` table, writes
-//! a few rows, prints every captured change as it arrives, and keeps running so the user can
-//! `psql` in and watch their own changes; Ctrl-C stops capture and removes the server.
+//! Starts a server ([`LocalPostgres`]), migrates, creates and watches a sample `orders`
+//! table, starts a local webhook receiver on 127.0.0.1 and subscribes it to `orders.*`, runs
+//! the daemon ([`crate::app::run`]), writes a few rows, and prints every webhook as the
+//! receiver gets it (headers and body). It keeps running so the user can `psql` in and watch
+//! their own changes arrive; Ctrl-C stops the daemon and removes the server.
 
 use std::io::Write;
+use std::time::Duration;
 
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{self, CaptureConfig};
-use crate::change::CaptureMessage;
+use crate::config::Config;
 use crate::localpg::LocalPostgres;
+use crate::subscriptions::store;
 
 const SAMPLE: &str = "
 CREATE TABLE orders (
@@ -20,70 +29,111 @@ CREATE TABLE orders (
     tags text[] NOT NULL DEFAULT '{}',
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-ALTER TABLE orders REPLICA IDENTITY FULL;
+SELECT walhook.watch('orders');
 ";
 
-const WRITES: &str = "
-INSERT INTO orders (amount, tags) VALUES (12.50, '{gift}'), (99.00, '{}');
-UPDATE orders SET status = 'paid', updated_at = now() WHERE id = 1;
-DELETE FROM orders WHERE id = 2;
-";
+const WRITES: [&str; 3] = [
+    "INSERT INTO orders (amount, tags) VALUES (12.50, '{gift}'), (99.00, '{}')",
+    "UPDATE orders SET status = 'paid', updated_at = now() WHERE id = 1",
+    "DELETE FROM orders WHERE id = 2",
+];
+
+/// What the demo receiver got: headers worth showing, and the body.
+type Delivery = (String, String);
+
+async fn receive(
+    State(tx): State<mpsc::UnboundedSender<Delivery>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let shown: Vec<String> = [
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "user-agent",
+    ]
+    .iter()
+    .filter_map(|name| {
+        headers
+            .get(*name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| format!("  {name}: {v}"))
+    })
+    .collect();
+    let _ = tx.send((
+        shown.join("\n"),
+        String::from_utf8_lossy(&body).into_owned(),
+    ));
+    StatusCode::NO_CONTENT
+}
 
 /// Runs the demo until Ctrl-C; prints to `out`.
 pub async fn run(mut out: impl Write) -> anyhow::Result<()> {
     writeln!(out, "starting a throwaway PostgreSQL (wal_level=logical)…")?;
     let server = tokio::task::spawn_blocking(LocalPostgres::start).await??;
     let url = server.url("postgres");
+    store::migrate(&url, "walhook", true).await?;
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     client.batch_execute(SAMPLE).await?;
 
-    let cancel = CancellationToken::new();
-    let mut config = CaptureConfig::new(url.parse()?);
-    config.tables = vec!["orders".into()];
-    let mut capture = capture::start(config, cancel.clone())?;
-    while !capture.ack.is_streaming() {
-        if capture.task.is_finished() {
-            return Ok(capture.task.await??);
+    let (tx, mut deliveries) = mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hook = format!("http://{}/hooks/orders", listener.local_addr()?);
+    let app = Router::new()
+        .route("/hooks/orders", post(receive))
+        .with_state(tx);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    client
+        .execute(
+            "SELECT walhook.subscribe($1, '{orders.*}', context => 'demo')",
+            &[&hook],
+        )
+        .await?;
+
+    let config = Config::from_toml(&format!(
+        "database_url = \"{url}\"\n[delivery]\nallow_private_targets = true\n"
+    ))?;
+    let shutdown = CancellationToken::new();
+    let daemon = tokio::spawn(crate::app::run(config, shutdown.clone()));
+    let active = "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'walhook' AND active";
+    while client.query_opt(active, &[]).await?.is_none() {
+        if daemon.is_finished() {
+            daemon.await??;
+            return Ok(());
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    client.batch_execute(WRITES).await?;
+    for sql in WRITES {
+        client.batch_execute(sql).await?;
+    }
     writeln!(
         out,
-        "capturing changes of table orders; sample writes made:\n{}",
-        WRITES.trim()
-    )?;
-    writeln!(
-        out,
-        "\nmake your own (in another terminal):\n  psql {url} -c \"INSERT INTO orders (amount) VALUES (5.00)\"\n\
-         press Ctrl-C to stop and remove the server.\n"
+        "walhook is running: table orders is watched, and {hook} is subscribed to orders.*\n\
+         sample writes made:\n  {}\n\nmake your own (in another terminal):\n  psql {url} -c \"INSERT INTO orders (amount) VALUES (5.00)\"\n  psql {url} -c \"SELECT * FROM walhook.subscription_health\"\n\
+         press Ctrl-C to stop and remove the server.\n",
+        WRITES.join(";\n  ")
     )?;
     out.flush()?;
 
-    let stop = cancel.clone();
+    let stop = shutdown.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         stop.cancel();
     });
     loop {
-        let message = tokio::select! {
-            message = capture.changes.recv() => message,
-            _ = cancel.cancelled() => None,
-        };
-        match message {
-            Some(CaptureMessage::Change(change)) => {
-                writeln!(out, "{}", serde_json::to_string_pretty(&change.to_json())?)?;
+        tokio::select! {
+            Some((headers, body)) = deliveries.recv() => {
+                let pretty = serde_json::from_str::<serde_json::Value>(&body)
+                    .and_then(|v| serde_json::to_string_pretty(&v))
+                    .unwrap_or(body);
+                writeln!(out, "POST {hook}\n{headers}\n{pretty}\n")?;
                 out.flush()?;
             }
-            Some(CaptureMessage::Commit(commit)) => capture.ack.acknowledge(commit.end_lsn),
-            Some(CaptureMessage::Begin(_)) => {}
-            None => break,
+            _ = shutdown.cancelled() => break,
         }
     }
-    cancel.cancel();
-    drop(capture.changes);
-    capture.task.await??;
+    daemon.await??;
     drop(server);
     writeln!(out, "stopped; the throwaway server is removed.")?;
     Ok(())

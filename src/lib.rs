@@ -4,19 +4,22 @@
 //!
 //! ```text
 //! src/main.rs        CLI only: parse, load config, init tracing, call the library
+//! src/app.rs         walhook run: wiring and shutdown order
 //! src/config.rs      figment chain: defaults < walhook.toml < WALHOOK_* env
 //! src/capture/       replication client (startup, TLS, auth, stream, status updates),
 //!                    slot/publication, catalog lookups
 //! src/pgoutput/      protocol bytes → typed messages; relation cache; values → JSON
 //! src/change.rs      the change model: Begin, RowChange{position, op, new, old}, Commit
 //! src/events.rs      row change → event envelope (type, stable id, data, previous, changed)
-//! src/subscriptions/ diesel schema + store (migrations, sql/), routing index
+//! src/subscriptions/ diesel schema + store (migrations, sql/), routing index, live reload
+//! src/delivery/      dispatcher (per-row chains, watermark), sender, signing, SSRF guard,
+//!                    retry policy, queue table and retrier
 //! src/lsn.rs         WAL positions
 //! ```
 //!
 //! # Data path
 //!
-//! capture → decode → (route → deliver) → acknowledge. The capture task streams pgoutput
+//! capture → decode → route → deliver → acknowledge. The capture task streams pgoutput
 //! from a walhook-owned slot, decodes each message as it arrives into [`change`] values and
 //! sends them through a bounded channel; the consumer acknowledges each commit's end LSN once
 //! it is safe, and only then may the slot advance past it.
@@ -28,9 +31,11 @@
 //! - Nothing is acknowledged to the server before the consumer acknowledged it; while idle,
 //!   the keepalive's WAL end is confirmed so unrelated writes pin no WAL.
 
+pub mod app;
 pub mod capture;
 pub mod change;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod events;
 pub mod localpg;

@@ -23,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: capture, route, deliver, acknowledge (SIGTERM/Ctrl-C to stop).
+    Run,
     /// A working end-to-end example on a throwaway local PostgreSQL (needs the PostgreSQL
     /// server binaries installed; no configuration).
     Demo,
@@ -50,11 +52,29 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo => walhook::demo::run(std::io::stdout()).await,
+        Command::Run => {
+            let config = Config::load(cli.config.as_deref())?;
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                stop.cancel();
+                Ok::<_, std::io::Error>(())
+            });
+            walhook::app::run(config, shutdown).await?;
+            Ok(())
+        }
         Command::Migrate => {
             let config = Config::load(cli.config.as_deref())?;
             walhook::subscriptions::store::migrate(
                 &config.database_url,
                 &config.capture.publication,
+                config.delivery.allow_private_targets,
             )
             .await?;
             eprintln!("walhook schema is up to date");

@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod capture;
+mod delivery;
 mod subscriptions;
 mod support;

@@ -9,7 +9,7 @@ CREATE TABLE walhook.settings (
     name text PRIMARY KEY,
     value text NOT NULL
 );
-INSERT INTO walhook.settings VALUES ('publication', 'walhook');
+INSERT INTO walhook.settings VALUES ('publication', 'walhook'), ('allow_private_targets', 'false');
 
 CREATE TABLE walhook.watched_tables (
     schema_name text NOT NULL,
@@ -57,7 +57,7 @@ CREATE TABLE walhook.delivery_queue (
     event_id text NOT NULL,
     event_type text NOT NULL,
     row_key text NOT NULL,
-    body jsonb NOT NULL,
+    body text NOT NULL, -- the exact bytes signed and sent
     status text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'dead')),
     attempts integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
@@ -66,6 +66,8 @@ CREATE TABLE walhook.delivery_queue (
     UNIQUE (subscription_id, event_id)
 );
 CREATE INDEX delivery_queue_due ON walhook.delivery_queue (next_attempt_at) WHERE status = 'pending';
+-- Per-row order: "is there an older pending row of this subscription and row?"
+CREATE INDEX delivery_queue_row ON walhook.delivery_queue (subscription_id, row_key, id) WHERE status = 'pending';
 
 -- Per-subscription delivery outcomes, for health and disable_after.
 CREATE TABLE walhook.subscription_stats (
@@ -73,7 +75,8 @@ CREATE TABLE walhook.subscription_stats (
     last_success_at timestamptz,
     last_error_at timestamptz,
     last_error text,
-    consecutive_failures integer NOT NULL DEFAULT 0
+    consecutive_failures integer NOT NULL DEFAULT 0,
+    failing_since timestamptz
 );
 
 -- Trigger mode: row changes written by AFTER ROW triggers, drained in id order.

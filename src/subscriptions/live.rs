@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::poll_fn;
 use futures_util::StreamExt;
+use futures_util::stream::poll_fn;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;

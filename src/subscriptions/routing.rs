@@ -75,6 +75,7 @@ fn same(a: &Value, b: &Value) -> bool {
 #[derive(Debug, Default)]
 pub struct RoutingIndex {
     by_type: HashMap<String, Vec<Arc<Route>>>,
+    by_id: HashMap<uuid::Uuid, Arc<Route>>,
     nouns: HashMap<(String, String), crate::events::Watch>,
 }
 
@@ -89,6 +90,7 @@ impl RoutingIndex {
             .collect();
         for subscription in subscriptions {
             let route = Arc::new(Route::new(subscription));
+            index.by_id.insert(route.subscription.id, route.clone());
             for (noun, verb) in &types {
                 if route
                     .subscription
@@ -119,6 +121,14 @@ impl RoutingIndex {
         self.nouns.get(&(schema.to_owned(), table.to_owned()))
     }
 
+    /// Watched tables as `schema.table`.
+    pub fn watched_tables(&self) -> Vec<String> {
+        self.nouns
+            .keys()
+            .map(|(schema, table)| format!("{schema}.{table}"))
+            .collect()
+    }
+
     /// The routes that receive `event` now.
     pub fn route<'a>(
         &'a self,
@@ -130,6 +140,11 @@ impl RoutingIndex {
             .into_iter()
             .flatten()
             .filter(move |r| r.matches(event, now_micros))
+    }
+
+    /// An active subscription by id (for retries).
+    pub fn subscription(&self, id: uuid::Uuid) -> Option<&Arc<Route>> {
+        self.by_id.get(&id)
     }
 
     /// The event types that exist now (from watched tables), sorted.

@@ -77,13 +77,17 @@ pub struct Subscription {
 
 /// Applies pending migrations and (re)installs `sql/walhook.sql`, under an advisory lock so
 /// concurrent runs are safe; records the publication name SQL functions keep in step.
-pub async fn migrate(database_url: &str, publication: &str) -> Result<(), StoreError> {
+pub async fn migrate(
+    database_url: &str,
+    publication: &str,
+    allow_private_targets: bool,
+) -> Result<(), StoreError> {
     let url = database_url.to_owned();
     let publication = publication.to_owned();
     tokio::task::spawn_blocking(move || {
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
         conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATE_LOCK})"))?;
-        let result = apply(&mut conn, &publication);
+        let result = apply(&mut conn, &publication, allow_private_targets);
         conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATE_LOCK})"))?;
         result
     })
@@ -94,6 +98,7 @@ pub async fn migrate(database_url: &str, publication: &str) -> Result<(), StoreE
 fn apply(
     conn: &mut AsyncConnectionWrapper<AsyncPgConnection>,
     publication: &str,
+    allow_private_targets: bool,
 ) -> Result<(), StoreError> {
     conn.run_pending_migrations(MIGRATIONS)
         .map_err(|e| StoreError::Migration(e.to_string()))?;
@@ -102,6 +107,29 @@ fn apply(
         diesel::sql_query("UPDATE walhook.settings SET value = $1 WHERE name = 'publication'")
             .bind::<diesel::sql_types::Text, _>(publication);
     diesel::RunQueryDsl::execute(query, conn)?;
+    let query = diesel::sql_query(
+        "UPDATE walhook.settings SET value = $1 WHERE name = 'allow_private_targets'",
+    )
+    .bind::<diesel::sql_types::Text, _>(allow_private_targets.to_string());
+    diesel::RunQueryDsl::execute(query, conn)?;
+    Ok(())
+}
+
+/// Watches each table (`walhook.watch` with its defaults) unless it already is watched.
+pub async fn watch_tables(
+    conn: &mut AsyncPgConnection,
+    tables: &[String],
+) -> Result<(), StoreError> {
+    for table in tables {
+        diesel::sql_query(
+            "SELECT walhook.watch($1::regclass) WHERE NOT EXISTS (SELECT 1 FROM walhook.watched_tables w \
+             JOIN pg_class c ON c.relname = w.table_name JOIN pg_namespace n ON n.oid = c.relnamespace \
+             AND n.nspname = w.schema_name WHERE c.oid = $1::regclass)",
+        )
+        .bind::<diesel::sql_types::Text, _>(table)
+        .execute(conn)
+        .await?;
+    }
     Ok(())
 }
 

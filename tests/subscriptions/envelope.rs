@@ -12,7 +12,7 @@ use crate::support::capture::{Tap, config};
 #[tokio::test]
 async fn watched_table_changes_become_spec_envelopes_routed_by_subscriptions() {
     let db = TestDb::new("envelope").await;
-    store::migrate(&db.url, &db.name).await.unwrap();
+    store::migrate(&db.url, &db.name, true).await.unwrap();
     db.exec("CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2))")
         .await;
     let mut tap = Tap::start(config(&db, &[])).await; // creates the (empty) publication

@@ -15,7 +15,10 @@ use crate::support::TestDb;
 
 fn created_order() -> Event {
     let change = RowChange {
-        position: Position { commit_lsn: Lsn(1), index: 0 },
+        position: Position {
+            commit_lsn: Lsn(1),
+            index: 0,
+        },
         xid: 1,
         commit_time: CommitTime(0),
         table: Arc::new(Table {
@@ -30,21 +33,30 @@ fn created_order() -> Event {
         old: None,
         unchanged_toast: vec![],
     };
-    let watch = Watch { noun: "orders".into(), verbs: vec!["created".into()] };
+    let watch = Watch {
+        noun: "orders".into(),
+        verbs: vec!["created".into()],
+    };
     Event::from_change(&change, &watch).unwrap()
 }
 
 fn targets(live: &LiveRouting, event: &Event) -> Vec<String> {
     let now = chrono::Utc::now().timestamp_micros();
     let index = live.snapshot();
-    index.route(event, now).map(|r| r.subscription.target_url.clone()).collect()
+    index
+        .route(event, now)
+        .map(|r| r.subscription.target_url.clone())
+        .collect()
 }
 
 /// Polls until `targets` equals `want`; returns how long it took.
 async fn until(live: &LiveRouting, event: &Event, want: &[&str]) -> Duration {
     let start = Instant::now();
     while targets(live, event) != want {
-        assert!(start.elapsed() < Duration::from_secs(5), "index never became {want:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "index never became {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     start.elapsed()
@@ -53,8 +65,9 @@ async fn until(live: &LiveRouting, event: &Event, want: &[&str]) -> Duration {
 #[tokio::test]
 async fn plain_sql_changes_reach_the_index_within_a_second() {
     let db = TestDb::new("live").await;
-    store::migrate(&db.url, &db.name).await.unwrap();
-    db.exec("CREATE TABLE orders (id int PRIMARY KEY); SELECT walhook.watch('orders');").await;
+    store::migrate(&db.url, &db.name, true).await.unwrap();
+    db.exec("CREATE TABLE orders (id int PRIMARY KEY); SELECT walhook.watch('orders');")
+        .await;
     let cancel = CancellationToken::new();
     // A long refresh interval: only NOTIFY can make these reloads fast.
     let live = LiveRouting::start(db.url.clone(), Duration::from_secs(60), cancel.clone())
@@ -66,9 +79,13 @@ async fn plain_sql_changes_reach_the_index_within_a_second() {
     db.exec("INSERT INTO walhook.subscriptions (target_url, events) VALUES ('https://a.test/', '{orders.created}')")
         .await;
     let took = until(&live, &event, &["https://a.test/"]).await;
-    assert!(took < Duration::from_secs(1), "new subscription took {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "new subscription took {took:?}"
+    );
 
-    db.exec("UPDATE walhook.subscriptions SET active = false").await;
+    db.exec("UPDATE walhook.subscriptions SET active = false")
+        .await;
     let took = until(&live, &event, &[]).await;
     assert!(took < Duration::from_secs(1), "deactivation took {took:?}");
 
@@ -79,7 +96,10 @@ async fn plain_sql_changes_reach_the_index_within_a_second() {
     .await;
     until(&live, &event, &["https://soon.test/"]).await;
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert!(targets(&live, &event).is_empty(), "an expired subscription matched");
+    assert!(
+        targets(&live, &event).is_empty(),
+        "an expired subscription matched"
+    );
 
     // Unwatching the table removes its event types.
     db.exec("SELECT walhook.unwatch('orders')").await;

@@ -14,17 +14,22 @@ async fn error_of(db: &TestDb, sql: &str) -> String {
 
 async fn migrated(test: &str) -> TestDb {
     let db = TestDb::new(test).await;
-    store::migrate(&db.url, &db.name).await.expect("migrate");
+    store::migrate(&db.url, &db.name, true)
+        .await
+        .expect("migrate");
     db
 }
 
 #[tokio::test]
 async fn migrate_is_idempotent_and_safe_in_parallel() {
     let db = TestDb::new("migrate").await;
-    let (a, b) = tokio::join!(store::migrate(&db.url, "p1"), store::migrate(&db.url, "p1"));
+    let (a, b) = tokio::join!(
+        store::migrate(&db.url, "p1", true),
+        store::migrate(&db.url, "p1", true)
+    );
     a.unwrap();
     b.unwrap();
-    store::migrate(&db.url, "p2").await.unwrap();
+    store::migrate(&db.url, "p2", true).await.unwrap();
     let row = db
         .client
         .query_one(

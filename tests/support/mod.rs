@@ -7,6 +7,8 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod daemon;
+pub mod receiver;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};

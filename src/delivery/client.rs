@@ -1,0 +1,142 @@
+//! The HTTP sender: one pooled reqwest client (rustls, HTTP/1.1 and HTTP/2, keep-alive), no
+//! redirects, a timeout, the SSRF guard, and Standard Webhooks headers.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::guard;
+use super::retry::{Outcome, classify};
+use super::signing::sign;
+
+/// One message to send.
+pub struct Message<'a> {
+    /// Target URL.
+    pub url: &'a str,
+    /// Event id (`webhook-id`).
+    pub id: &'a str,
+    /// Exact body bytes.
+    pub body: &'a str,
+    /// Signing secret.
+    pub secret: &'a str,
+    /// Extra headers (a JSON object of strings).
+    pub headers: &'a serde_json::Value,
+}
+
+/// Sends webhooks.
+#[derive(Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    allow_private: bool,
+}
+
+impl Sender {
+    /// A sender with `timeout` per request; private targets refused unless `allow_private`.
+    pub fn new(timeout: Duration, allow_private: bool) -> Sender {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("walhook/", env!("CARGO_PKG_VERSION")));
+        if !allow_private {
+            builder = builder.dns_resolver(guard::resolver());
+        }
+        // Building only fails if the TLS backend cannot initialise; fall back to defaults.
+        let client = builder.build().unwrap_or_default();
+        Sender {
+            client,
+            allow_private,
+        }
+    }
+
+    /// Sends one message and classifies the result; never panics, never hangs past timeout.
+    pub async fn send(&self, message: &Message<'_>) -> Outcome {
+        let failed = |error: String| Outcome::Failed {
+            error,
+            retry_after: None,
+        };
+        let url = match reqwest::Url::parse(message.url) {
+            Ok(url) => url,
+            Err(e) => return failed(format!("invalid target URL: {e}")),
+        };
+        if !self.allow_private {
+            let literal = url
+                .host_str()
+                .map(|h| h.trim_matches(['[', ']']))
+                .and_then(|h| h.parse::<IpAddr>().ok());
+            if literal.is_some_and(guard::is_forbidden) {
+                return failed(
+                    guard::Forbidden(url.host_str().unwrap_or_default().into()).to_string(),
+                );
+            }
+        }
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = match sign(
+            message.secret,
+            message.id,
+            timestamp,
+            message.body.as_bytes(),
+        ) {
+            Ok(s) => s,
+            Err(e) => return failed(e.to_string()),
+        };
+        let mut headers = HeaderMap::new();
+        if let Some(extra) = message.headers.as_object() {
+            for (name, value) in extra {
+                let (Ok(name), Some(Ok(value))) = (
+                    HeaderName::try_from(name.as_str()),
+                    value.as_str().map(HeaderValue::try_from),
+                ) else {
+                    continue;
+                };
+                headers.insert(name, value);
+            }
+        }
+        let fixed = [
+            ("content-type", "application/json".to_owned()),
+            ("webhook-id", message.id.to_owned()),
+            ("webhook-timestamp", timestamp.to_string()),
+            ("webhook-signature", signature),
+        ];
+        for (name, value) in fixed {
+            if let Ok(value) = HeaderValue::try_from(value) {
+                headers.insert(name, value);
+            }
+        }
+        let request = self
+            .client
+            .post(url)
+            .headers(headers)
+            .body(message.body.to_owned());
+        match request.send().await {
+            Ok(response) => {
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                classify(response.status().as_u16(), retry_after.as_deref())
+            }
+            Err(e) => failed(transport_error(&e)),
+        }
+    }
+}
+
+/// The most specific cause of a transport error (timeout, refused, DNS, SSRF guard).
+fn transport_error(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connect"
+    } else {
+        "request"
+    };
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    format!("{kind}: {cause}")
+}

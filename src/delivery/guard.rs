@@ -1,0 +1,109 @@
+//! SSRF guard: targets resolving to loopback, private, link-local, unspecified, shared or
+//! metadata addresses are refused unless `delivery.allow_private_targets = true`.
+//!
+//! Checked at connect time by a DNS resolver that drops forbidden addresses (so a name like
+//! `localhost` or a DNS rebinding answer is refused), and for IP-literal URLs, which skip DNS,
+//! before sending. `sql/walhook.sql` refuses IP-literal targets at subscribe time with the
+//! same ranges.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+/// Whether delivering to `ip` is refused when private targets are not allowed.
+pub fn is_forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => forbidden_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => forbidden_v4(v4),
+            None => forbidden_v6(v6),
+        },
+    }
+}
+
+fn forbidden_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local() // includes 169.254.169.254 (cloud metadata)
+        || ip.is_broadcast()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+        || (a == 192 && b == 0 && c == 0)
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 224 // multicast and reserved
+}
+
+fn forbidden_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || (first & 0xfe00) == 0xfc00 // unique local, includes fd00:ec2::254 (metadata)
+        || (first & 0xffc0) == 0xfe80 // link-local
+}
+
+/// A resolver that drops forbidden addresses, and fails when none is left.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardedResolver;
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| !is_forbidden(a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                return Err(Box::new(Forbidden(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The target resolves only to addresses walhook refuses.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "target {0} resolves only to loopback/private/link-local addresses, refused \
+     (set delivery.allow_private_targets = true to allow)"
+)]
+pub struct Forbidden(pub String);
+
+/// The resolver as reqwest wants it.
+pub fn resolver() -> Arc<GuardedResolver> {
+    Arc::new(GuardedResolver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_private_ranges_and_allows_public() {
+        for ip in [
+            "10.0.0.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "192.168.1.1",
+            "172.16.0.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_forbidden(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "172.32.0.1"] {
+            assert!(!is_forbidden(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}

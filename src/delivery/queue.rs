@@ -1,0 +1,302 @@
+//! The delivery queue table (`walhook.delivery_queue`): where events that must wait live —
+//! after a failure, behind a failed event of the same row, or when a subscription is
+//! overloaded — and where dead letters stay (`status = 'dead'`).
+//!
+//! Retries are claimed with a lease (`FOR UPDATE SKIP LOCKED` + pushing `next_attempt_at`),
+//! so several daemons can share them; a row is claimable only when no older pending row of
+//! the same subscription and row exists, which keeps per-row order.
+
+use std::time::Duration;
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+/// A pool of diesel-async connections.
+pub type PgPool = Pool<AsyncPgConnection>;
+
+/// Queue access failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// No connection from the pool.
+    #[error("database pool: {0}")]
+    Pool(String),
+    /// A query failed.
+    #[error("delivery queue query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+}
+
+/// Builds a pool for `url` (max `size` connections).
+pub fn pool(url: &str, size: usize) -> Result<PgPool, QueueError> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| QueueError::Pool(e.to_string()))
+}
+
+/// An event to put in the queue.
+#[derive(Debug, Clone)]
+pub struct Enqueue<'a> {
+    /// Subscription.
+    pub subscription_id: Uuid,
+    /// Event id.
+    pub event_id: &'a str,
+    /// Event type.
+    pub event_type: &'a str,
+    /// Row identity for ordering.
+    pub row_key: &'a str,
+    /// Exact body.
+    pub body: &'a str,
+    /// Attempts made so far.
+    pub attempts: i32,
+    /// Wait before the next attempt.
+    pub delay: Duration,
+    /// The last error, if an attempt failed.
+    pub last_error: Option<&'a str>,
+    /// Store as a dead letter right away.
+    pub dead: bool,
+}
+
+/// A claimed queue row.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Claimed {
+    /// Row id.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// Subscription.
+    #[diesel(sql_type = SqlUuid)]
+    pub subscription_id: Uuid,
+    /// Event id.
+    #[diesel(sql_type = Text)]
+    pub event_id: String,
+    /// Row identity.
+    #[diesel(sql_type = Text)]
+    pub row_key: String,
+    /// Exact body.
+    #[diesel(sql_type = Text)]
+    pub body: String,
+    /// Attempts made.
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct KeyRow {
+    #[diesel(sql_type = SqlUuid)]
+    subscription_id: Uuid,
+    #[diesel(sql_type = Text)]
+    row_key: String,
+}
+
+/// The queue, over a pool.
+#[derive(Clone)]
+pub struct Queue {
+    pool: PgPool,
+}
+
+impl Queue {
+    /// A queue over `pool`.
+    pub fn new(pool: PgPool) -> Queue {
+        Queue { pool }
+    }
+
+    async fn conn(
+        &self,
+    ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, QueueError>
+    {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| QueueError::Pool(e.to_string()))
+    }
+
+    /// Inserts one event (idempotent per subscription and event id).
+    pub async fn enqueue(&self, e: &Enqueue<'_>) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        diesel::sql_query(
+            "INSERT INTO walhook.delivery_queue \
+             (subscription_id, event_id, event_type, row_key, body, attempts, next_attempt_at, last_error, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8, $9) \
+             ON CONFLICT (subscription_id, event_id) DO NOTHING",
+        )
+        .bind::<SqlUuid, _>(e.subscription_id)
+        .bind::<Text, _>(e.event_id)
+        .bind::<Text, _>(e.event_type)
+        .bind::<Text, _>(e.row_key)
+        .bind::<Text, _>(e.body)
+        .bind::<Integer, _>(e.attempts)
+        .bind::<Double, _>(e.delay.as_secs_f64())
+        .bind::<Nullable<Text>, _>(e.last_error)
+        .bind::<Text, _>(if e.dead { "dead" } else { "pending" })
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` due rows for `lease`, oldest first, one per (subscription, row).
+    pub async fn claim_due(&self, limit: i64, lease: Duration) -> Result<Vec<Claimed>, QueueError> {
+        let mut conn = self.conn().await?;
+        Ok(diesel::sql_query(
+            "UPDATE walhook.delivery_queue q SET next_attempt_at = now() + make_interval(secs => $2) \
+             WHERE q.id IN ( \
+               SELECT c.id FROM walhook.delivery_queue c \
+               WHERE c.status = 'pending' AND c.next_attempt_at <= now() \
+                 AND NOT EXISTS (SELECT 1 FROM walhook.delivery_queue e \
+                   WHERE e.subscription_id = c.subscription_id AND e.row_key = c.row_key \
+                     AND e.status = 'pending' AND e.id < c.id) \
+               ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING q.id, q.subscription_id, q.event_id, q.row_key, q.body, q.attempts",
+        )
+        .bind::<BigInt, _>(limit)
+        .bind::<Double, _>(lease.as_secs_f64())
+        .load(&mut conn)
+        .await?)
+    }
+
+    /// Removes a delivered row.
+    pub async fn delete(&self, id: i64) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        diesel::sql_query("DELETE FROM walhook.delivery_queue WHERE id = $1")
+            .bind::<BigInt, _>(id)
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: retry after `delay`, or dead when `delay` is `None`.
+    pub async fn failed(
+        &self,
+        id: i64,
+        attempts: i32,
+        delay: Option<Duration>,
+        error: &str,
+    ) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        diesel::sql_query(
+            "UPDATE walhook.delivery_queue SET attempts = $2, last_error = $3, \
+             status = CASE WHEN $4 THEN 'pending' ELSE 'dead' END, \
+             next_attempt_at = now() + make_interval(secs => $5) WHERE id = $1",
+        )
+        .bind::<BigInt, _>(id)
+        .bind::<Integer, _>(attempts)
+        .bind::<Text, _>(error)
+        .bind::<diesel::sql_types::Bool, _>(delay.is_some())
+        .bind::<Double, _>(delay.unwrap_or_default().as_secs_f64())
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Hands a claimed row back, due again after `delay` (e.g. its row is busy in memory).
+    pub async fn release(&self, id: i64, delay: Duration) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        diesel::sql_query(
+            "UPDATE walhook.delivery_queue SET next_attempt_at = now() + make_interval(secs => $2) WHERE id = $1",
+        )
+        .bind::<BigInt, _>(id)
+        .bind::<Double, _>(delay.as_secs_f64())
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Pending rows of one (subscription, row).
+    pub async fn pending_for(&self, subscription: Uuid, row_key: &str) -> Result<i64, QueueError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<Count> = diesel::sql_query(
+            "SELECT count(*) AS n FROM walhook.delivery_queue \
+             WHERE subscription_id = $1 AND row_key = $2 AND status = 'pending'",
+        )
+        .bind::<SqlUuid, _>(subscription)
+        .bind::<Text, _>(row_key)
+        .load(&mut conn)
+        .await?;
+        Ok(rows.into_iter().next().map_or(0, |c| c.n))
+    }
+
+    /// Every (subscription, row) with pending rows: at start these rows must wait behind them.
+    pub async fn pending_keys(&self) -> Result<Vec<(Uuid, String)>, QueueError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<KeyRow> = diesel::sql_query(
+            "SELECT DISTINCT subscription_id, row_key FROM walhook.delivery_queue WHERE status = 'pending'",
+        )
+        .load(&mut conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.subscription_id, r.row_key))
+            .collect())
+    }
+
+    /// Records a success for health (only called after failures, so the fast path writes
+    /// nothing).
+    pub async fn record_success(&self, subscription: Uuid) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        diesel::sql_query(
+            "INSERT INTO walhook.subscription_stats (subscription_id, last_success_at, consecutive_failures) \
+             VALUES ($1, now(), 0) ON CONFLICT (subscription_id) DO UPDATE \
+             SET last_success_at = now(), consecutive_failures = 0, failing_since = NULL",
+        )
+        .bind::<SqlUuid, _>(subscription)
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a failure; disables the subscription when it has failed without a success for
+    /// `disable_after`. Returns whether it was disabled now.
+    pub async fn record_failure(
+        &self,
+        subscription: Uuid,
+        error: &str,
+        disable_after: Duration,
+    ) -> Result<bool, QueueError> {
+        let mut conn = self.conn().await?;
+        diesel::sql_query(
+            "INSERT INTO walhook.subscription_stats AS s \
+             (subscription_id, last_error_at, last_error, consecutive_failures, failing_since) \
+             VALUES ($1, now(), $2, 1, now()) ON CONFLICT (subscription_id) DO UPDATE \
+             SET last_error_at = now(), last_error = $2, consecutive_failures = s.consecutive_failures + 1, \
+                 failing_since = coalesce(s.failing_since, now())",
+        )
+        .bind::<SqlUuid, _>(subscription)
+        .bind::<Text, _>(error)
+        .execute(&mut conn)
+        .await?;
+        let disabled = diesel::sql_query(
+            "UPDATE walhook.subscriptions s SET active = false, \
+             disabled_reason = format('failing without a success since %s', st.failing_since) \
+             FROM walhook.subscription_stats st \
+             WHERE s.id = $1 AND st.subscription_id = s.id AND s.active \
+               AND st.failing_since <= now() - make_interval(secs => $2)",
+        )
+        .bind::<SqlUuid, _>(subscription)
+        .bind::<Double, _>(disable_after.as_secs_f64())
+        .execute(&mut conn)
+        .await?;
+        Ok(disabled > 0)
+    }
+
+    /// Deactivates a subscription (410 Gone).
+    pub async fn deactivate(&self, subscription: Uuid, reason: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        diesel::sql_query(
+            "UPDATE walhook.subscriptions SET active = false, disabled_reason = $2 WHERE id = $1",
+        )
+        .bind::<SqlUuid, _>(subscription)
+        .bind::<Text, _>(reason)
+        .execute(&mut conn)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,5 @@
+//! End to end through `walhook run`: real PostgreSQL, real HTTP receivers on 127.0.0.1.
+
+mod crash;
+mod outcomes;
+mod ssrf;

@@ -1,0 +1,76 @@
+//! `walhook run` inside the test process, on a test database.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use walhook::app::AppError;
+use walhook::config::Config;
+
+use super::TestDb;
+
+/// A running daemon.
+pub struct Daemon {
+    shutdown: CancellationToken,
+    handle: JoinHandle<Result<(), AppError>>,
+}
+
+/// The daemon configuration for `db`: slot/publication named after it, fast status updates,
+/// a short retry schedule, private targets allowed (receivers are on 127.0.0.1); `extra` is
+/// TOML appended (later keys of a table must not repeat these).
+pub fn config(db: &TestDb, delivery: &str, tables: &[&str]) -> Config {
+    let tables: String = tables
+        .iter()
+        .map(|t| format!("[[tables]]\nname = \"{t}\"\n"))
+        .collect();
+    let toml = format!(
+        "database_url = \"{url}\"\n{tables}\n[capture]\nslot = \"{name}\"\npublication = \"{name}\"\n\
+         status_interval_ms = 100\n[delivery]\nretry_poll_ms = 50\n{delivery}\n",
+        url = db.url,
+        name = db.name,
+    );
+    Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"))
+}
+
+/// Default delivery settings for tests.
+pub const FAST_RETRIES: &str =
+    "allow_private_targets = true\nretry_schedule_ms = [200, 200, 200]\ntimeout_ms = 2000";
+
+impl Daemon {
+    /// Starts the daemon and waits until its slot streams.
+    pub async fn start(db: &TestDb, config: Config) -> Daemon {
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(walhook::app::run(config, shutdown.clone()));
+        let daemon = Daemon { shutdown, handle };
+        for _ in 0..300 {
+            let active: Option<bool> = db
+                .client
+                .query_opt(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&db.name],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get(0));
+            if active == Some(true) {
+                return daemon;
+            }
+            assert!(
+                !daemon.handle.is_finished(),
+                "daemon stopped: {:?}",
+                daemon.handle.await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("daemon did not start streaming within 15 s");
+    }
+
+    /// SIGTERM equivalent: stops and expects a clean exit.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle
+            .await
+            .expect("daemon panicked")
+            .expect("daemon failed");
+    }
+}

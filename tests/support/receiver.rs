@@ -1,0 +1,154 @@
+//! A real HTTP receiver on 127.0.0.1 that records every request and answers as scripted.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::Value;
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Lower-case header name → value.
+    pub headers: HashMap<String, String>,
+    /// Exact body.
+    pub body: String,
+    /// Parsed body.
+    pub json: Value,
+    /// Status we answered.
+    pub status: u16,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: Vec<Received>,
+    /// Answers for the next requests, in order: (status, delay before answering).
+    script: VecDeque<(u16, Duration)>,
+    /// Per `data.id`: how many more requests for that row to fail with 500.
+    fail_rows: HashMap<i64, usize>,
+    /// Delay for every unscripted request.
+    delay: Duration,
+}
+
+/// The receiver.
+#[derive(Clone)]
+pub struct Receiver {
+    /// Its URL (`http://127.0.0.1:PORT/hook`).
+    pub url: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+async fn hook(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let row = json["data"]["id"].as_i64();
+    let (status, delay) = {
+        let mut inner = inner.lock().unwrap();
+        let scripted = inner.script.pop_front();
+        let failing = row
+            .and_then(|id| inner.fail_rows.get_mut(&id))
+            .filter(|left| **left > 0);
+        match (scripted, failing) {
+            (Some(answer), _) => answer,
+            (None, Some(left)) => {
+                *left -= 1;
+                (500, Duration::ZERO)
+            }
+            (None, None) => (200, inner.delay),
+        }
+    };
+    let headers = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    // Recorded on arrival, so a request the sender gives up on (timeout) is seen too.
+    inner.lock().unwrap().requests.push(Received {
+        headers,
+        body,
+        json,
+        status,
+        at: Instant::now(),
+    });
+    tokio::time::sleep(delay).await;
+    StatusCode::from_u16(status).unwrap()
+}
+
+impl Receiver {
+    /// Starts a receiver answering 200 at once.
+    pub async fn start() -> Receiver {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new()
+            .route("/hook", post(hook))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, inner }
+    }
+
+    /// Scripts the next answers.
+    pub fn script(&self, answers: &[(u16, Duration)]) {
+        self.inner
+            .lock()
+            .unwrap()
+            .script
+            .extend(answers.iter().copied());
+    }
+
+    /// Fails the next `times` requests for the row whose `data.id` is `id`.
+    pub fn fail_row(&self, id: i64, times: usize) {
+        self.inner.lock().unwrap().fail_rows.insert(id, times);
+    }
+
+    /// Delays every unscripted answer.
+    pub fn set_delay(&self, delay: Duration) {
+        self.inner.lock().unwrap().delay = delay;
+    }
+
+    /// Everything received so far.
+    pub fn requests(&self) -> Vec<Received> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
+    /// Requests answered 2xx so far.
+    pub fn delivered(&self) -> Vec<Received> {
+        self.requests()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
+    }
+
+    /// Waits until `n` requests were answered 2xx (fails after `wait`).
+    pub async fn wait_delivered(&self, n: usize, wait: Duration) -> Vec<Received> {
+        let start = Instant::now();
+        loop {
+            let delivered = self.delivered();
+            if delivered.len() >= n {
+                return delivered;
+            }
+            assert!(
+                start.elapsed() < wait,
+                "{} of {n} deliveries after {wait:?} ({} requests)",
+                delivered.len(),
+                self.requests().len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
