@@ -2,7 +2,8 @@
 //! `--config FILE` < `WALHOOK_*` environment variables (`__` separates nested keys).
 //!
 //! A bad value is refused at start with an error naming its key. `WALHOOK_LOG` (log filter)
-//! and `WALHOOK_CONFIG` (the file) are read by the binary, not here.
+//! and `WALHOOK_CONFIG` (the file) are read by the binary, and `WALHOOK_TEST_DATABASE_URL` by
+//! the tests, not here.
 
 use std::path::Path;
 use std::time::Duration;
@@ -119,7 +120,7 @@ impl Config {
         };
         figment = figment.merge(
             Env::prefixed("WALHOOK_")
-                .ignore(&["log", "config"])
+                .ignore(&["log", "config", "test_database_url"])
                 .split("__"),
         );
         let config: Config = figment.extract().map_err(Box::new)?;

@@ -34,6 +34,9 @@ pub const SESSION_SETTINGS: &[(&str, &str)] = &[
     ("bytea_output", "hex"),
 ];
 
+/// How much to read from the socket at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// A byte stream to the server, plain or TLS, TCP or Unix socket.
 use super::tls::AsyncReadWrite as Io;
 
@@ -314,6 +317,11 @@ impl Connection {
                     continue;
                 }
                 self.read.reserve(total - self.read.len());
+            }
+            // Keep a large spare capacity: `split_to` above leaves the buffer with little, and
+            // `read_buf` would otherwise grow it 64 bytes (one syscall) at a time.
+            if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
+                self.read.reserve(READ_CHUNK);
             }
             if self.io.read_buf(&mut self.read).await? == 0 {
                 return Err(CaptureError::Io(io::Error::new(

@@ -91,6 +91,24 @@ struct Job {
     tx: u64,
 }
 
+/// How a job goes into the queue table.
+struct Queued<'a> {
+    attempts: i32,
+    delay: Duration,
+    error: Option<&'a str>,
+    dead: bool,
+}
+
+impl Queued<'_> {
+    /// Not attempted yet, due at once (behind its row's queued events).
+    const WAITING: Queued<'static> = Queued {
+        attempts: 0,
+        delay: Duration::ZERO,
+        error: None,
+        dead: false,
+    };
+}
+
 /// Where a transaction stands in the acknowledgement watermark.
 enum TxEnd {
     Open,
@@ -213,7 +231,7 @@ impl Delivery {
                         let event = Arc::new(event);
                         let now = chrono::Utc::now().timestamp_micros();
                         for route in snapshot.route(&event, now) {
-                            let job = self.chain(route.clone(), event.clone(), entry.id);
+                            let job = self.chain(route.clone(), event.clone(), entry.id, outstanding);
                             entry.outstanding += 1;
                             outstanding += 1;
                             tokio::spawn(self.clone().run_job(job, done_tx.clone()));
@@ -232,11 +250,19 @@ impl Delivery {
         advance(&mut txs, &ack);
     }
 
-    /// Creates the next job of its (subscription, row) chain.
-    fn chain(&self, route: Arc<Route>, event: Arc<Event>, tx: u64) -> Job {
+    /// Creates the next job of its (subscription, row) chain. A subscription is overloaded —
+    /// its new jobs wait in the table — when it holds `max_waiting` jobs in memory, the memory
+    /// budget is half used, and it holds most of it: then it is what keeps the others waiting.
+    /// Otherwise a full budget pauses the stream (backpressure) and nothing is written.
+    fn chain(&self, route: Arc<Route>, event: Arc<Event>, tx: u64, outstanding: usize) -> Job {
         let id = route.subscription.id;
         let sub = self.sub(id);
-        let overloaded = sub.in_memory.fetch_add(1, Ordering::AcqRel) >= self.config.max_waiting;
+        let mine = sub.in_memory.fetch_add(1, Ordering::AcqRel);
+        let others = outstanding.saturating_sub(mine);
+        let overloaded = mine >= self.config.max_waiting
+            && outstanding >= self.config.max_outstanding / 2
+            && others > 0
+            && mine > others;
         let key: Key = (id, Arc::from(event.row_key.as_str()));
         let (done, rx) = oneshot::channel();
         let mut keys = locked(&self.keys);
@@ -265,45 +291,25 @@ impl Delivery {
             .event
             .envelope(job.route.subscription.context.as_deref())
             .to_string();
-        let delivered = if !prev_delivered || job.queue_only || self.draining.is_cancelled() {
-            self.spill(
-                &job.route,
-                &job.event,
-                &job.key,
-                &body,
-                0,
-                Duration::ZERO,
-                None,
-                false,
-            )
-            .await;
-            false
+        // Waiting for a slot of a slow subscription must not hold up a shutdown.
+        let permit = if !prev_delivered || job.queue_only || self.draining.is_cancelled() {
+            None
         } else {
-            // Waiting for a slot of a slow subscription must not hold up a shutdown.
-            let permit = tokio::select! {
+            tokio::select! {
                 permit = sub.permits.acquire() => permit.ok(),
                 _ = self.draining.cancelled() => None,
-            };
-            if self.draining.is_cancelled() || permit.is_none() {
-                self.spill(
-                    &job.route,
-                    &job.event,
-                    &job.key,
-                    &body,
-                    0,
-                    Duration::ZERO,
-                    None,
-                    false,
-                )
-                .await;
-                false
-            } else {
-                let outcome = self
-                    .sender
-                    .send(&message(&job.route, &job.event.id, &body))
-                    .await;
+            }
+        };
+        let delivered = match permit {
+            Some(permit) if !self.draining.is_cancelled() => {
+                let message = message(&job.route, &job.event.id, &body);
+                let outcome = self.sender.send(&message).await;
                 drop(permit);
                 self.first_attempt(&job, &sub, &body, outcome).await
+            }
+            _ => {
+                self.spill(&job, &body, Queued::WAITING).await;
+                false
             }
         };
         sub.in_memory.fetch_sub(1, Ordering::AcqRel);
@@ -332,37 +338,26 @@ impl Delivery {
             }
             Outcome::Gone => {
                 self.gone(id).await;
-                let error = Some("HTTP 410 Gone");
-                self.spill(
-                    &job.route,
-                    &job.event,
-                    &job.key,
-                    body,
-                    1,
-                    Duration::ZERO,
-                    error,
-                    true,
-                )
-                .await;
+                let queued = Queued {
+                    attempts: 1,
+                    delay: Duration::ZERO,
+                    error: Some("HTTP 410 Gone"),
+                    dead: true,
+                };
+                self.spill(job, body, queued).await;
                 false
             }
             Outcome::Failed { error, retry_after } => {
                 sub.failing.store(true, Ordering::Release);
                 self.failure(id, &error).await;
                 let delay = self.config.retry.next_delay(1, retry_after);
-                let dead = delay.is_none();
-                let delay = delay.unwrap_or_default();
-                self.spill(
-                    &job.route,
-                    &job.event,
-                    &job.key,
-                    body,
-                    1,
-                    delay,
-                    Some(&error),
-                    dead,
-                )
-                .await;
+                let queued = Queued {
+                    attempts: 1,
+                    delay: delay.unwrap_or_default(),
+                    error: Some(&error),
+                    dead: delay.is_none(),
+                };
+                self.spill(job, body, queued).await;
                 false
             }
         }
@@ -392,22 +387,12 @@ impl Delivery {
 
     /// Writes a job to the queue table, retrying until it is durable (its transaction is not
     /// acknowledged before), and marks its row as queued.
-    #[allow(clippy::too_many_arguments)]
-    async fn spill(
-        &self,
-        route: &Route,
-        event: &Event,
-        key: &Key,
-        body: &str,
-        attempts: i32,
-        delay: Duration,
-        error: Option<&str>,
-        dead: bool,
-    ) {
+    async fn spill(&self, job: &Job, body: &str, queued: Queued<'_>) {
+        let (route, event) = (&job.route, &job.event);
         {
             let mut keys = locked(&self.keys);
-            let state = keys.entry(key.clone()).or_default();
-            state.spilled |= !dead;
+            let state = keys.entry(job.key.clone()).or_default();
+            state.spilled |= !queued.dead;
             state.generation += 1;
         }
         let row = Enqueue {
@@ -416,10 +401,10 @@ impl Delivery {
             event_type: &event.event_type,
             row_key: &event.row_key,
             body,
-            attempts,
-            delay,
-            last_error: error,
-            dead,
+            attempts: queued.attempts,
+            delay: queued.delay,
+            last_error: queued.error,
+            dead: queued.dead,
         };
         let mut wait = Duration::from_millis(100);
         while let Err(e) = self.queue.enqueue(&row).await {

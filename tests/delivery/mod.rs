@@ -1,5 +1,6 @@
 //! End to end through `walhook run`: real PostgreSQL, real HTTP receivers on 127.0.0.1.
 
 mod crash;
+mod demo;
 mod outcomes;
 mod ssrf;

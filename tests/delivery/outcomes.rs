@@ -157,6 +157,41 @@ async fn gone_deactivates_and_is_not_retried() {
 }
 
 #[tokio::test]
+async fn an_endpoint_failing_past_disable_after_is_disabled() {
+    let db = setup("deliver_disable").await;
+    let receiver = Receiver::start().await;
+    receiver.script(&[(500, Duration::ZERO), (500, Duration::ZERO)]);
+    subscribe(&db, &receiver.url, "").await;
+    let delivery =
+        "allow_private_targets = true\nretry_schedule_ms = [200, 200]\ndisable_after_secs = 0";
+    let daemon = Daemon::start(&db, config(&db, delivery, &[])).await;
+    db.exec("INSERT INTO orders VALUES (1, 'new', 1)").await;
+    let start = Instant::now();
+    while scalar::<bool>(&db, "SELECT active FROM walhook.subscriptions").await {
+        assert!(start.elapsed() < Duration::from_secs(10), "not disabled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reason: String = scalar(&db, "SELECT disabled_reason FROM walhook.subscriptions").await;
+    assert!(
+        reason.starts_with("failing without a success since "),
+        "{reason}"
+    );
+    let health = db
+        .client
+        .query_one(
+            "SELECT consecutive_failures, last_error FROM walhook.subscription_health",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (health.get::<_, i32>(0), health.get::<_, String>(1)),
+        (1, "HTTP 500".to_string())
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
 async fn timeouts_and_refusals_are_retried_then_dead_lettered_and_redelivered() {
     let db = setup("deliver_dead").await;
     let receiver = Receiver::start().await;

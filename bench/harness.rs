@@ -1,0 +1,457 @@
+//! The walhook benchmark harness: `cargo bench --bench harness` (release build).
+//!
+//! On this machine it starts its own PostgreSQL (wal_level=logical), a local receiver that
+//! answers 200 at once and timestamps every delivery, and `walhook run` (the release binary,
+//! as a separate process so its memory and CPU are its own), then measures:
+//! 1. backlog drain: 300,000 changes (200,000 in one transaction + 100,000 single-row
+//!    transactions), walhook (commit → 2xx) next to `pg_recvlogical` reading the same changes
+//!    from its own slot;
+//! 2. live latency: pgbench single-row INSERTs at full rate; commit → 2xx p50/p95/p99/max;
+//! 3. write-path cost: pgbench TPS with walhook stopped vs running;
+//! 4. memory: walhook's peak RSS per phase, and with the endpoint down while events queue;
+//! 5. fan-out: throughput with 1 vs 10,000 non-matching subscriptions.
+//!
+//! `BENCH_QUICK=1` shrinks every phase (a smoke run).
+
+#![allow(clippy::unwrap_used)] // a measuring tool: fail loudly
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use walhook::localpg::{LocalPostgres, bindir};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What the receiver saw.
+#[derive(Default)]
+struct Seen {
+    count: AtomicU64,
+    latencies_us: Mutex<Vec<i64>>,
+}
+
+async fn receive(State(seen): State<Arc<Seen>>, body: Bytes) -> StatusCode {
+    let now = chrono::Utc::now().timestamp_micros();
+    let event = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+    let committed = event["timestamp"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    if let Some(ts) = committed {
+        seen.latencies_us
+            .lock()
+            .unwrap()
+            .push(now - ts.timestamp_micros());
+    }
+    seen.count.fetch_add(1, Ordering::Relaxed);
+    StatusCode::OK
+}
+
+struct Bench {
+    pg: LocalPostgres,
+    url: String,
+    client: tokio_postgres::Client,
+    seen: Arc<Seen>,
+    hook: String,
+    quick: bool,
+}
+
+fn rss_peak_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets the peak RSS counter of a process (Linux: write 5 to clear_refs).
+fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// CPU seconds (user + system) a process used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+impl Bench {
+    fn walhook(&self) -> Walhook {
+        let child = Command::new(env!("CARGO_BIN_EXE_walhook"))
+            .arg("run")
+            .env("WALHOOK_DATABASE_URL", &self.url)
+            .env("WALHOOK_DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
+            .env("WALHOOK_DELIVERY__RETRY_SCHEDULE_MS", "[3600000]")
+            .env("WALHOOK_LOG", "walhook=warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start walhook");
+        Walhook(child)
+    }
+
+    async fn wait_streaming(&self) -> Result<()> {
+        let sql = "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'walhook' AND active";
+        while self.client.query_opt(sql, &[]).await?.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    async fn wait_count(&self, n: u64, limit: Duration) -> Duration {
+        let start = Instant::now();
+        while self.seen.count.load(Ordering::Relaxed) < n && start.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        start.elapsed()
+    }
+
+    /// Waits until no delivery arrived for 2 s (the previous phase's backlog is drained).
+    async fn wait_quiet(&self) {
+        let mut last = u64::MAX;
+        loop {
+            let now = self.seen.count.load(Ordering::Relaxed);
+            if now == last {
+                return;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    fn reset(&self) {
+        self.seen.count.store(0, Ordering::Relaxed);
+        self.seen.latencies_us.lock().unwrap().clear();
+    }
+
+    fn pgbench(&self, seconds: u64, clients: u32) -> Result<(f64, u64)> {
+        let script = self.pg.root.join("insert.sql");
+        std::fs::write(&script, "INSERT INTO bench (payload) VALUES ('live');\n")?;
+        let out = Command::new(bindir().ok_or("no pgbench")?.join("pgbench"))
+            .args([
+                "-n",
+                "-c",
+                &clients.to_string(),
+                "-j",
+                "2",
+                "-T",
+                &seconds.to_string(),
+                "-f",
+            ])
+            .arg(&script)
+            .arg(&self.url)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let tps = text
+            .lines()
+            .find(|l| l.starts_with("tps"))
+            .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+            .ok_or_else(|| {
+                format!(
+                    "pgbench said: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?;
+        let done = text
+            .lines()
+            .find(|l| l.contains("actually processed"))
+            .and_then(|l| l.split(':').nth(1)?.split('/').next()?.trim().parse().ok())
+            .unwrap_or(0);
+        Ok((tps, done))
+    }
+}
+
+/// `walhook run`, killed if the harness exits early (so no orphan keeps running).
+struct Walhook(Child);
+
+impl Walhook {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Walhook {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SIGTERM and wait: the graceful stop.
+fn stop(walhook: &mut Walhook) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(walhook.id().to_string())
+        .status();
+    let _ = walhook.0.wait();
+}
+
+fn pct(sorted: &[i64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let quick = std::env::var("BENCH_QUICK").is_ok();
+    let scale = if quick { 10 } else { 1 };
+    let pg = tokio::task::spawn_blocking(LocalPostgres::start).await??;
+    let url = pg.url("postgres");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    walhook::subscriptions::store::migrate(&url, "walhook", true).await?;
+    let seen = Arc::new(Seen::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hook = format!("http://{}/hook", listener.local_addr()?);
+    let app = Router::new()
+        .route("/hook", post(receive))
+        .with_state(seen.clone());
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    client
+        .batch_execute(
+            "CREATE TABLE bench (id bigserial PRIMARY KEY, payload text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+             SELECT walhook.watch('bench');
+             CREATE PROCEDURE bench_rows(n int) LANGUAGE plpgsql AS $$
+             BEGIN FOR i IN 1..n LOOP INSERT INTO bench (payload) VALUES ('single'); COMMIT; END LOOP; END $$;",
+        )
+        .await?;
+    client
+        .execute("SELECT walhook.subscribe($1, '{bench.created}')", &[&hook])
+        .await?;
+    let b = Bench {
+        pg,
+        url,
+        client,
+        seen,
+        hook,
+        quick,
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "# walhook benchmark ({} run), {cores} cores\n",
+        if b.quick { "quick" } else { "full" }
+    );
+
+    // 1. Backlog drain, next to pg_recvlogical on its own slot.
+    let mut walhook = b.walhook();
+    b.wait_streaming().await?;
+    stop(&mut walhook);
+    let recv = bindir().ok_or("no pg_recvlogical")?.join("pg_recvlogical");
+    let status = Command::new(&recv)
+        .args([
+            "-d",
+            &b.url,
+            "--slot",
+            "recv",
+            "--create-slot",
+            "-P",
+            "pgoutput",
+        ])
+        .status()?;
+    assert!(status.success(), "pg_recvlogical --create-slot");
+    let (big, singles) = (200_000 / scale, 100_000 / scale);
+    b.client
+        .batch_execute(&format!(
+            "INSERT INTO bench (payload) SELECT 'bulk' FROM generate_series(1, {big})"
+        ))
+        .await?;
+    b.client
+        .batch_execute(&format!("CALL bench_rows({singles})"))
+        .await?;
+    let end: String = b
+        .client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+    let total = (big + singles) as u64;
+    let start = Instant::now();
+    let status = Command::new(&recv)
+        .args([
+            "-d",
+            &b.url,
+            "--slot",
+            "recv",
+            "--start",
+            "--no-loop",
+            "-f",
+            "/dev/null",
+        ])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=walhook",
+            "-E",
+            &end,
+        ])
+        .status()?;
+    let recv_time = start.elapsed();
+    assert!(status.success(), "pg_recvlogical drain");
+    b.reset();
+    let start = Instant::now();
+    let mut walhook = b.walhook();
+    let pid = walhook.id();
+    let drain_time = b.wait_count(total, Duration::from_secs(600)).await;
+    let drain_cpu = cpu_secs(pid);
+    let drain_rss = rss_peak_kb(pid);
+    let _ = start;
+    println!(
+        "## 1. Backlog drain ({total} changes: {big} in one transaction + {singles} single-row)\n"
+    );
+    println!("| reader | seconds | changes/s |\n|---|---|---|");
+    println!(
+        "| pg_recvlogical (pgoutput → /dev/null) | {:.2} | {:.0} |",
+        recv_time.as_secs_f64(),
+        total as f64 / recv_time.as_secs_f64()
+    );
+    println!(
+        "| walhook (commit → 2xx at the receiver) | {:.2} | {:.0} |",
+        drain_time.as_secs_f64(),
+        total as f64 / drain_time.as_secs_f64()
+    );
+    println!(
+        "\nratio walhook/pg_recvlogical rate: {:.2} (target ≥ 0.50); walhook CPU {drain_cpu:.1} s; peak RSS {} MB\n",
+        recv_time.as_secs_f64() / drain_time.as_secs_f64(),
+        drain_rss / 1024
+    );
+
+    // 2. Live latency under pgbench.
+    b.wait_quiet().await;
+    reset_peak(pid);
+    b.reset();
+    let seconds = if b.quick { 5 } else { 30 };
+    let cpu_before = cpu_secs(pid);
+    let (tps, done) = b.pgbench(seconds, 4)?;
+    let ended = Instant::now();
+    b.wait_count(done, Duration::from_secs(120)).await;
+    let lag = ended.elapsed();
+    let mut lat = b.seen.latencies_us.lock().unwrap().clone();
+    lat.sort_unstable();
+    println!("## 2. Live latency (pgbench, 4 clients, single-row INSERT, {seconds} s)\n");
+    println!(
+        "| pgbench TPS | delivered | p50 ms | p95 ms | p99 ms | max ms | final lag |\n|---|---|---|---|---|---|---|"
+    );
+    println!(
+        "| {tps:.0} | {}/{done} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} s |",
+        b.seen.count.load(Ordering::Relaxed),
+        pct(&lat, 0.5),
+        pct(&lat, 0.95),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0),
+        lag.as_secs_f64()
+    );
+    println!(
+        "\nwalhook CPU {:.1} s over the phase; peak RSS {} MB\n",
+        cpu_secs(pid) - cpu_before,
+        rss_peak_kb(pid) / 1024
+    );
+
+    // 3. Write-path cost.
+    let seconds = if b.quick { 3 } else { 10 };
+    let (with_capture, _) = b.pgbench(seconds, 4)?;
+    stop(&mut walhook);
+    let (without, _) = b.pgbench(seconds, 4)?;
+    println!("## 3. Write-path cost (pgbench TPS, 4 clients, {seconds} s each)\n");
+    println!(
+        "| capture | TPS |\n|---|---|\n| walhook stopped | {without:.0} |\n| replication capture running | {with_capture:.0} ({:+.1} %) |\n| trigger capture | n/a (issue 6) |\n",
+        (with_capture / without - 1.0) * 100.0
+    );
+
+    // 4. Memory with the endpoint down: events queue in the table.
+    let queued = 100_000 / scale;
+    b.client
+        .batch_execute(
+            "CREATE TABLE bench_down (id bigserial PRIMARY KEY, payload text);
+             SELECT walhook.watch('bench_down');
+             SELECT walhook.subscribe('http://127.0.0.1:9/down', '{bench_down.created}');",
+        )
+        .await?;
+    let mut walhook = b.walhook();
+    let pid = walhook.id();
+    b.wait_streaming().await?;
+    // Drain what the write-path phase produced first.
+    b.wait_quiet().await;
+    reset_peak(pid);
+    let start = Instant::now();
+    b.client
+        .batch_execute(&format!(
+            "INSERT INTO bench_down (payload) SELECT 'x' FROM generate_series(1, {queued})"
+        ))
+        .await?;
+    loop {
+        let n: i64 = b
+            .client
+            .query_one("SELECT count(*) FROM walhook.delivery_queue", &[])
+            .await?
+            .get(0);
+        if n as u64 >= queued as u64 || start.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let spill_time = start.elapsed();
+    println!("## 4. Endpoint down: {queued} events queued in the table\n");
+    println!(
+        "queued in {:.1} s ({:.0} events/s); walhook peak RSS {} MB\n",
+        spill_time.as_secs_f64(),
+        queued as f64 / spill_time.as_secs_f64(),
+        rss_peak_kb(pid) / 1024
+    );
+    b.client.batch_execute("SELECT walhook.unwatch('bench_down'); DELETE FROM walhook.subscriptions WHERE target_url LIKE '%/down'").await?;
+
+    // 5. Fan-out: 1 vs 10,000 non-matching subscriptions.
+    let rows = 100_000 / scale;
+    let mut rates = Vec::new();
+    for extra in [0, 10_000] {
+        if extra > 0 {
+            b.client
+                .batch_execute(&format!(
+                    "SET client_min_messages = error;
+                     INSERT INTO walhook.subscriptions (target_url, events)
+                     SELECT format('https://n%s.example.com/', g), '{{bench.deleted}}' FROM generate_series(1, {extra}) g;"
+                ))
+                .await?;
+            tokio::time::sleep(Duration::from_secs(2)).await; // routing reload
+        }
+        b.wait_quiet().await;
+        b.reset();
+        let start = Instant::now();
+        b.client
+            .batch_execute(&format!(
+                "INSERT INTO bench (payload) SELECT 'fan' FROM generate_series(1, {rows})"
+            ))
+            .await?;
+        let took = b.wait_count(rows as u64, Duration::from_secs(300)).await;
+        let _ = start;
+        rates.push(rows as f64 / took.as_secs_f64());
+    }
+    println!("## 5. Fan-out ({rows} events in one transaction)\n");
+    println!(
+        "| subscriptions | events/s |\n|---|---|\n| 1 | {:.0} |\n| 1 + 10,000 non-matching | {:.0} ({:+.1} %) |\n",
+        rates[0],
+        rates[1],
+        (rates[1] / rates[0] - 1.0) * 100.0
+    );
+    stop(&mut walhook);
+    let _ = &b.hook;
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! `walhook demo` works as the README says: webhooks arrive, Ctrl-C stops it cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn demo_delivers_webhooks_and_stops_on_ctrl_c() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .arg("demo")
+        .env("WALHOOK_LOG", "walhook=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut types = Vec::new();
+    while types.len() < 4 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("demo printed 4 webhooks within 60 s");
+        if let Some(t) = line.trim().strip_prefix("\"type\": ") {
+            types.push(t.trim_end_matches(',').trim_matches('"').to_owned());
+        }
+    }
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "orders.created",
+            "orders.created",
+            "orders.deleted",
+            "orders.updated"
+        ]
+    );
+    Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "demo exited with {status}");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("stopped; the throwaway server is removed.")
+    );
+}
