@@ -97,6 +97,7 @@ impl Bench {
             .env("WALHOOK_DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
             .env("WALHOOK_DELIVERY__RETRY_SCHEDULE_MS", "[3600000]")
             .env("WALHOOK_LOG", "walhook=warn")
+            .env("WALHOOK_API__ENABLED", "false")
             .stdout(Stdio::null())
             .spawn()
             .expect("start walhook");

@@ -1,15 +1,19 @@
 //! `walhook run`: wires capture → route → deliver → acknowledge and shuts down cleanly.
 //!
-//! Start: migrate, watch the tables named in the config, load the live routing index, start
-//! capture (its publication gets every watched table), the dispatcher and the retrier.
+//! Start: migrate, watch the tables named in the config, bind the API's address (a busy port
+//! fails fast), load the live routing index, start capture (its publication gets every
+//! watched table), the REST API, the dispatcher and the retrier. The API stops taking
+//! requests when shutdown begins.
 //! Shutdown (SIGTERM/SIGINT or a definite capture error): the dispatcher stops taking changes,
 //! queues jobs not yet sent, lets requests in flight finish, acknowledges the final
 //! watermark; then capture sends its last status update and closes; then the retrier stops.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{self, ApiState};
 use crate::capture::{self, CaptureError};
 use crate::config::{Config, ConfigError};
 use crate::delivery::Delivery;
@@ -32,6 +36,14 @@ pub enum AppError {
     /// Capture stopped with a definite error.
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    /// The API could not listen.
+    #[error("api.listen {addr}: cannot listen: {source}")]
+    Listen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A task panicked.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -52,6 +64,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let tables: Vec<String> = config.tables.iter().map(|t| t.name.clone()).collect();
     store::watch_tables(&mut conn, &tables).await?;
     drop(conn);
+    let listener = if config.api.enabled {
+        let addr = config.api.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Listen { addr, source })?;
+        Some(listener)
+    } else {
+        None
+    };
 
     let background = CancellationToken::new();
     let routing =
@@ -59,7 +80,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     capture_config.tables = routing.snapshot().watched_tables();
     let capture_cancel = CancellationToken::new();
     let capture = capture::start(capture_config, capture_cancel.clone())?;
-    let delivery = Delivery::new(delivery_config, Queue::new(queue::pool(&url, 16)?)).await?;
+    let pool = queue::pool(&url, 16)?;
+    let api_task = listener.map(|listener| {
+        let state = Arc::new(ApiState {
+            pool: pool.clone(),
+            routing: routing.clone(),
+            capture: capture.ack.clone(),
+            slot: config.capture.slot.clone(),
+            sender: crate::delivery::client::Sender::new(
+                delivery_config.timeout,
+                delivery_config.allow_private_targets,
+            ),
+            verify_intent: config.api.verify_intent,
+        });
+        tracing::info!(listen = %config.api.listen, "REST API listening");
+        tokio::spawn(api::serve(listener, api::router(state), shutdown.clone()))
+    });
+    let delivery = Delivery::new(delivery_config, Queue::new(pool)).await?;
     let retrier = tokio::spawn(
         delivery
             .clone()
@@ -86,6 +123,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     };
     background.cancel();
     retrier.await.map_err(|e| AppError::Task(e.to_string()))?;
+    if let Some(api_task) = api_task {
+        match api_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "REST API stopped with an error"),
+            Err(e) => return Err(AppError::Task(e.to_string())),
+        }
+    }
     captured.map_err(|e| AppError::Task(e.to_string()))??;
     tracing::info!("stopped");
     Ok(())

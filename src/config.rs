@@ -29,6 +29,8 @@ pub struct Config {
     pub capture: CaptureSection,
     /// Delivery settings.
     pub delivery: DeliverySection,
+    /// REST API settings.
+    pub api: ApiSection,
     /// Tables declared in the file, watched at start (`walhook.watch`).
     #[serde(default)]
     pub tables: Vec<TableSection>,
@@ -84,6 +86,18 @@ pub struct CaptureSection {
     pub reconnect_min_ms: u64,
     /// Longest reconnect delay in milliseconds.
     pub reconnect_max_ms: u64,
+}
+
+/// `[api]`: the REST hooks API served by `walhook run`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Serve the API.
+    pub enabled: bool,
+    /// Address to listen on.
+    pub listen: std::net::SocketAddr,
+    /// Ask a target to echo a challenge before subscribing it (REST hooks intent verification).
+    pub verify_intent: bool,
 }
 
 /// `[[tables]]`.

@@ -4,7 +4,7 @@
 //! table, starts a local webhook receiver on 127.0.0.1 and subscribes it to `orders.*`, runs
 //! the daemon ([`crate::app::run`]), writes a few rows, and prints every webhook as the
 //! receiver gets it (headers and body). It keeps running so the user can `psql` in and watch
-//! their own changes arrive; Ctrl-C stops the daemon and removes the server.
+//! their own changes arrive, or try the REST API with the API token it prints; Ctrl-C stops the daemon and removes the server.
 
 use std::io::Write;
 use std::time::Duration;
@@ -91,8 +91,12 @@ pub async fn run(mut out: impl Write) -> anyhow::Result<()> {
         )
         .await?;
 
+    let api = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut conn = store::connect(&url).await?;
+    let (_, token) = crate::api::auth::create(&mut conn, "demo", &["*".to_owned()]).await?;
+    drop(conn);
     let config = Config::from_toml(&format!(
-        "database_url = \"{url}\"\n[delivery]\nallow_private_targets = true\n"
+        "database_url = \"{url}\"\n[api]\nlisten = \"{api}\"\n[delivery]\nallow_private_targets = true\n"
     ))?;
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(crate::app::run(config, shutdown.clone()));
@@ -111,6 +115,7 @@ pub async fn run(mut out: impl Write) -> anyhow::Result<()> {
         out,
         "walhook is running: table orders is watched, and {hook} is subscribed to orders.*\n\
          sample writes made:\n  {}\n\nmake your own (in another terminal):\n  psql {url} -c \"INSERT INTO orders (amount) VALUES (5.00)\"\n  psql {url} -c \"SELECT * FROM walhook.subscription_health\"\n\
+         or use the REST API (owner \"demo\"; see docs/api.md):\n  curl -H 'Authorization: Bearer {token}' http://{api}/v1/events\n\n\
          press Ctrl-C to stop and remove the server.\n",
         WRITES.join(";\n  ")
     )?;

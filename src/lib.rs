@@ -5,6 +5,7 @@
 //! ```text
 //! src/main.rs        CLI only: parse, load config, init tracing, call the library
 //! src/app.rs         walhook run: wiring and shutdown order
+//! src/api/           REST hooks API (axum): tokens, /v1/hooks, /v1/events, health, metrics
 //! src/config.rs      figment chain: defaults < walhook.toml < WALHOOK_* env
 //! src/capture/       replication client (startup, TLS, auth, stream, status updates),
 //!                    slot/publication, catalog lookups
@@ -31,6 +32,7 @@
 //! - Nothing is acknowledged to the server before the consumer acknowledged it; while idle,
 //!   the keepalive's WAL end is confirmed so unrelated writes pin no WAL.
 
+pub mod api;
 pub mod app;
 pub mod capture;
 pub mod change;

@@ -31,12 +31,38 @@ enum Command {
     /// Create or upgrade walhook's schema (diesel migrations, then sql/walhook.sql); safe to
     /// run repeatedly and from several processes at once.
     Migrate,
+    /// Manage REST API tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
     /// Stream captured row changes to stdout as JSON lines, acknowledging each commit once
     /// printed (a debugging and inspection tool).
     Tail {
         /// Add a table (`table` or `schema.table`) to the publication.
         #[arg(long = "table")]
         tables: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for OWNER allowed to subscribe to the --scope patterns; prints the
+    /// token once on stdout (only its hash is stored).
+    Create {
+        /// The account whose subscriptions the token manages.
+        #[arg(long)]
+        owner: String,
+        /// An event pattern the token may subscribe to (repeat): orders.*, invoices.created, *.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// List tokens (id, owner, scopes, created, last used, revoked); never secrets.
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// The token's id (from `walhook token list`).
+        id: uuid::Uuid,
     },
 }
 
@@ -80,6 +106,10 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("walhook schema is up to date");
             Ok(())
         }
+        Command::Token { action } => {
+            let config = Config::load(cli.config.as_deref())?;
+            token(&config, action).await
+        }
         Command::Tail { tables } => {
             let mut config = Config::load(cli.config.as_deref())?;
             config
@@ -88,6 +118,50 @@ async fn main() -> anyhow::Result<()> {
             tail(config).await
         }
     }
+}
+
+async fn token(config: &Config, action: TokenCommand) -> anyhow::Result<()> {
+    use walhook::api::auth;
+    walhook::subscriptions::store::migrate(
+        &config.database_url,
+        &config.capture.publication,
+        config.delivery.allow_private_targets,
+    )
+    .await?;
+    let mut conn = walhook::subscriptions::store::connect(&config.database_url).await?;
+    match action {
+        TokenCommand::Create { owner, scopes } => {
+            let (id, token) = auth::create(&mut conn, &owner, &scopes).await?;
+            eprintln!("token {id} for owner {owner:?}, scopes {scopes:?} (shown only now):");
+            println!("{token}");
+        }
+        TokenCommand::List => {
+            let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or("-".to_owned(), |t| {
+                    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                })
+            };
+            println!("id\towner\tscopes\tcreated\tlast_used\trevoked");
+            for t in auth::list(&mut conn).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    t.id,
+                    t.owner,
+                    t.scopes.join(","),
+                    when(Some(t.created_at)),
+                    when(t.last_used_at),
+                    when(t.revoked_at)
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            if !auth::revoke(&mut conn, id).await? {
+                anyhow::bail!("no unrevoked token {id}");
+            }
+            eprintln!("token {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 async fn tail(config: Config) -> anyhow::Result<()> {

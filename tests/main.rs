@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod api;
 mod capture;
 mod delivery;
 mod subscriptions;

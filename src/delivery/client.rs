@@ -52,27 +52,64 @@ impl Sender {
         }
     }
 
-    /// Sends one message and classifies the result; never panics, never hangs past timeout.
-    pub async fn send(&self, message: &Message<'_>) -> Outcome {
-        let failed = |error: String| Outcome::Failed {
-            error,
-            retry_after: None,
-        };
-        let url = match reqwest::Url::parse(message.url) {
-            Ok(url) => url,
-            Err(e) => return failed(format!("invalid target URL: {e}")),
-        };
+    /// Parses a target URL and refuses forbidden IP literals (names are checked on connect).
+    fn target(&self, url: &str) -> Result<reqwest::Url, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("invalid target URL: {e}"))?;
         if !self.allow_private {
             let literal = url
                 .host_str()
                 .map(|h| h.trim_matches(['[', ']']))
                 .and_then(|h| h.parse::<IpAddr>().ok());
             if literal.is_some_and(guard::is_forbidden) {
-                return failed(
-                    guard::Forbidden(url.host_str().unwrap_or_default().into()).to_string(),
-                );
+                return Err(guard::Forbidden(url.host_str().unwrap_or_default().into()).to_string());
             }
         }
+        Ok(url)
+    }
+
+    /// REST hooks intent verification: POSTs `{"type": "walhook.verification", "challenge"}`
+    /// with header `X-Hook-Secret: <challenge>`; the target must answer 2xx and echo the
+    /// challenge in the `X-Hook-Secret` response header or a JSON body's `challenge`.
+    pub async fn verify(&self, url: &str, challenge: &str) -> Result<(), String> {
+        let url = self.target(url)?;
+        let body = serde_json::json!({"type": "walhook.verification", "challenge": challenge});
+        let response = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-hook-secret", challenge)
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("target answered HTTP {}", status.as_u16()));
+        }
+        let echoed_header = response
+            .headers()
+            .get("x-hook-secret")
+            .is_some_and(|v| v.as_bytes() == challenge.as_bytes());
+        let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
+        let echoed_body = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .is_ok_and(|v| v["challenge"] == challenge);
+        if echoed_header || echoed_body {
+            Ok(())
+        } else {
+            Err("target did not echo the challenge (X-Hook-Secret header or \"challenge\" in a JSON body)".into())
+        }
+    }
+
+    /// Sends one message and classifies the result; never panics, never hangs past timeout.
+    pub async fn send(&self, message: &Message<'_>) -> Outcome {
+        let failed = |error: String| Outcome::Failed {
+            error,
+            retry_after: None,
+        };
+        let url = match self.target(message.url) {
+            Ok(url) => url,
+            Err(e) => return failed(e),
+        };
         let timestamp = chrono::Utc::now().timestamp();
         let signature = match sign(
             message.secret,

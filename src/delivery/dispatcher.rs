@@ -234,7 +234,7 @@ impl Delivery {
                             let job = self.chain(route.clone(), event.clone(), entry.id, outstanding);
                             entry.outstanding += 1;
                             outstanding += 1;
-                            tokio::spawn(self.clone().run_job(job, done_tx.clone()));
+                            tokio::spawn(self.clone().run_job(job, routing.clone(), done_tx.clone()));
                         }
                     }
                     Some(CaptureMessage::Commit(commit)) => {
@@ -281,8 +281,14 @@ impl Delivery {
         }
     }
 
-    async fn run_job(self: Arc<Self>, mut job: Job, completions: mpsc::UnboundedSender<u64>) {
-        let sub = self.sub(job.route.subscription.id);
+    async fn run_job(
+        self: Arc<Self>,
+        mut job: Job,
+        routing: LiveRouting,
+        completions: mpsc::UnboundedSender<u64>,
+    ) {
+        let sub_id = job.route.subscription.id;
+        let sub = self.sub(sub_id);
         let prev_delivered = match job.prev.take() {
             Some(rx) => rx.await.unwrap_or(false),
             None => true,
@@ -300,7 +306,13 @@ impl Delivery {
                 _ = self.draining.cancelled() => None,
             }
         };
+        // Deleted or deactivated since routing: nothing more is sent to it.
+        let unsubscribed = || routing.snapshot().subscription(sub_id).is_none();
         let delivered = match permit {
+            _ if unsubscribed() => {
+                tracing::debug!(subscription = %sub_id, event = %job.event.id, "dropped: no longer subscribed");
+                true
+            }
             Some(permit) if !self.draining.is_cancelled() => {
                 let message = message(&job.route, &job.event.id, &body);
                 let outcome = self.sender.send(&message).await;

@@ -120,13 +120,15 @@ impl Queue {
             .map_err(|e| QueueError::Pool(e.to_string()))
     }
 
-    /// Inserts one event (idempotent per subscription and event id).
+    /// Inserts one event (idempotent per subscription and event id); nothing when the
+    /// subscription has been deleted meanwhile.
     pub async fn enqueue(&self, e: &Enqueue<'_>) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
         diesel::sql_query(
             "INSERT INTO walhook.delivery_queue \
              (subscription_id, event_id, event_type, row_key, body, attempts, next_attempt_at, last_error, status) \
-             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8, $9) \
+             SELECT $1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8, $9 \
+             WHERE EXISTS (SELECT 1 FROM walhook.subscriptions WHERE id = $1) \
              ON CONFLICT (subscription_id, event_id) DO NOTHING",
         )
         .bind::<SqlUuid, _>(e.subscription_id)

@@ -6,10 +6,17 @@
 //! snapshot per event, never a lock across an await). NOTIFY is only a wake-up: the index is
 //! also rebuilt after every (re)connect and every `refresh` interval, so a missed
 //! notification loses nothing.
+//!
+//! A writer that must see its own change take effect (the REST API, before it answers) calls
+//! [`LiveRouting::reload`]: loads are numbered when they start, and an index is published only
+//! if no later-started load was published first, so a reload that starts after a commit
+//! leaves an index that includes it.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use diesel_async::AsyncPgConnection;
 use futures_util::StreamExt;
 use futures_util::stream::poll_fn;
 use tokio::sync::{mpsc, watch};
@@ -26,6 +33,31 @@ pub const CHANNEL: &str = "walhook_config";
 #[derive(Clone)]
 pub struct LiveRouting {
     current: watch::Receiver<Arc<RoutingIndex>>,
+    publisher: Arc<Publisher>,
+}
+
+/// Publishes indexes in the order their loads started.
+struct Publisher {
+    tx: watch::Sender<Arc<RoutingIndex>>,
+    started: AtomicU64,
+    published: Mutex<u64>,
+}
+
+impl Publisher {
+    async fn load(&self, conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
+        let number = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let (tables, subs) = store::load_routing(conn).await?;
+        let index = Arc::new(RoutingIndex::build(tables, subs));
+        let mut published = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if number > *published {
+            *published = number;
+            self.tx.send_replace(index);
+        }
+        Ok(())
+    }
 }
 
 impl LiveRouting {
@@ -39,29 +71,45 @@ impl LiveRouting {
         self.current.changed().await.is_ok()
     }
 
+    /// Reloads now over `conn` and returns once an index at least that recent is current:
+    /// changes committed before the call are then in effect.
+    pub async fn reload(&self, conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
+        self.publisher.load(conn).await
+    }
+
     /// Loads the index once, then keeps it current until `cancel`.
     pub async fn start(
         database_url: String,
         refresh: Duration,
         cancel: CancellationToken,
     ) -> Result<LiveRouting, StoreError> {
+        let (tx, current) = watch::channel(Arc::new(RoutingIndex::build(Vec::new(), Vec::new())));
+        let publisher = Arc::new(Publisher {
+            tx,
+            started: AtomicU64::new(0),
+            published: Mutex::new(0),
+        });
         let mut conn = store::connect(&database_url).await?;
-        let (tables, subs) = store::load_routing(&mut conn).await?;
-        let (tx, current) = watch::channel(Arc::new(RoutingIndex::build(tables, subs)));
-        tokio::spawn(reload_forever(database_url, refresh, tx, cancel));
-        Ok(LiveRouting { current })
+        publisher.load(&mut conn).await?;
+        tokio::spawn(reload_forever(
+            database_url,
+            refresh,
+            publisher.clone(),
+            cancel,
+        ));
+        Ok(LiveRouting { current, publisher })
     }
 }
 
 async fn reload_forever(
     url: String,
     refresh: Duration,
-    tx: watch::Sender<Arc<RoutingIndex>>,
+    publisher: Arc<Publisher>,
     cancel: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(100);
     while !cancel.is_cancelled() {
-        match listen_and_reload(&url, refresh, &tx, &cancel).await {
+        match listen_and_reload(&url, refresh, &publisher, &cancel).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "routing reload interrupted");
@@ -79,7 +127,7 @@ async fn reload_forever(
 async fn listen_and_reload(
     url: &str,
     refresh: Duration,
-    tx: &watch::Sender<Arc<RoutingIndex>>,
+    publisher: &Publisher,
     cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
     let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -106,8 +154,7 @@ async fn listen_and_reload(
         let mut conn = store::connect(url).await?;
         let mut ticker = tokio::time::interval(refresh);
         loop {
-            let (tables, subs) = store::load_routing(&mut conn).await?;
-            tx.send_replace(Arc::new(RoutingIndex::build(tables, subs)));
+            publisher.load(&mut conn).await?;
             tokio::select! {
                 woke = wake.recv() => if woke.is_none() {
                     return Err(StoreError::Listen("LISTEN session closed".into()));

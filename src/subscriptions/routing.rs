@@ -159,6 +159,31 @@ impl RoutingIndex {
     }
 }
 
+/// Whether `pattern` is an event pattern: `noun.verb`, `noun.*`, `*.verb` or `*`, with a
+/// lower-case noun and a verb among created, updated, deleted, truncated (as SQL's
+/// `walhook.event_pattern_valid`).
+pub fn pattern_valid(pattern: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let Some((noun, verb)) = pattern.split_once('.') else {
+        return false;
+    };
+    let noun_ok = noun == "*"
+        || noun.starts_with(|c: char| c.is_ascii_lowercase())
+            && noun
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    noun_ok && ["*", "created", "updated", "deleted", "truncated"].contains(&verb)
+}
+
+/// Whether a token scope allows subscribing to `pattern`: every event type `pattern` can
+/// match, `scope` matches too (`orders.*` covers `orders.created` and `orders.*`, not `*`).
+pub fn pattern_covers(scope: &str, pattern: &str) -> bool {
+    let (noun, verb) = pattern.split_once('.').unwrap_or(("*", "*"));
+    pattern_matches(scope, noun, verb)
+}
+
 /// Whether `pattern` (`noun.verb`, `noun.*`, `*.verb`, `*`) covers `noun.verb`.
 pub fn pattern_matches(pattern: &str, noun: &str, verb: &str) -> bool {
     if pattern == "*" {
@@ -248,6 +273,39 @@ mod tests {
         assert!(!pattern_matches("orders.created", "orders", "updated"));
         assert!(!pattern_matches("invoices.*", "orders", "created"));
         assert!(!pattern_matches("orders", "orders", "created"));
+    }
+
+    #[test]
+    fn patterns_are_validated_and_scopes_cover_narrower_patterns() {
+        for ok in [
+            "*",
+            "orders.created",
+            "orders.*",
+            "*.deleted",
+            "*.*",
+            "line_items2.truncated",
+        ] {
+            assert!(pattern_valid(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "orders",
+            "Orders.created",
+            "orders.made",
+            "1x.created",
+            "orders.created.x",
+            "*.*.*",
+        ] {
+            assert!(!pattern_valid(bad), "{bad}");
+        }
+        assert!(pattern_covers("orders.*", "orders.created"));
+        assert!(pattern_covers("orders.*", "orders.*"));
+        assert!(pattern_covers("*", "*"));
+        assert!(pattern_covers("*.deleted", "orders.deleted"));
+        assert!(!pattern_covers("orders.*", "*"));
+        assert!(!pattern_covers("orders.created", "orders.*"));
+        assert!(!pattern_covers("*.deleted", "*.*"));
+        assert!(!pattern_covers("invoices.*", "orders.created"));
     }
 
     #[test]

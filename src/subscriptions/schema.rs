@@ -49,3 +49,23 @@ diesel::table! {
         updated_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    /// REST API tokens (only a SHA-256 hash of each token is stored).
+    walhook.api_tokens (id) {
+        /// Token id (shown by `walhook token list`, used to revoke).
+        id -> Uuid,
+        /// The account whose subscriptions the token manages.
+        owner -> Text,
+        /// Event patterns the token may subscribe to.
+        scopes -> Array<Text>,
+        /// Hex SHA-256 of the token.
+        token_hash -> Text,
+        /// Creation time.
+        created_at -> Timestamptz,
+        /// Last authenticated use.
+        last_used_at -> Nullable<Timestamptz>,
+        /// When revoked; revoked tokens are refused.
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}

@@ -1,5 +1,4 @@
 //! Data access for walhook's own schema: migrations, and loading what routing needs.
-//! The only module that talks diesel.
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;

@@ -16,15 +16,19 @@ pub struct Daemon {
 }
 
 /// The daemon configuration for `db`: slot/publication named after it, fast status updates,
-/// a short retry schedule, private targets allowed (receivers are on 127.0.0.1); `extra` is
-/// TOML appended (later keys of a table must not repeat these).
+/// a short retry schedule, private targets allowed (receivers are on 127.0.0.1), the API on a
+/// free port; `delivery` is TOML appended to `[delivery]`.
 pub fn config(db: &TestDb, delivery: &str, tables: &[&str]) -> Config {
     let tables: String = tables
         .iter()
         .map(|t| format!("[[tables]]\nname = \"{t}\"\n"))
         .collect();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
     let toml = format!(
-        "database_url = \"{url}\"\n{tables}\n[capture]\nslot = \"{name}\"\npublication = \"{name}\"\n\
+        "database_url = \"{url}\"\n{tables}\n[api]\nlisten = \"127.0.0.1:{port}\"\n[capture]\nslot = \"{name}\"\npublication = \"{name}\"\n\
          status_interval_ms = 100\n[delivery]\nretry_poll_ms = 50\n{delivery}\n",
         url = db.url,
         name = db.name,

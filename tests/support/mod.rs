@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod capture;
 pub mod daemon;
 pub mod receiver;

@@ -35,6 +35,8 @@ struct Inner {
     fail_rows: HashMap<i64, usize>,
     /// Delay for every unscripted request.
     delay: Duration,
+    /// Echo an intent-verification challenge (`X-Hook-Secret`) back.
+    echo_challenge: bool,
 }
 
 /// The receiver.
@@ -49,12 +51,19 @@ async fn hook(
     State(inner): State<Arc<Mutex<Inner>>>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, HeaderMap) {
     let body = String::from_utf8_lossy(&body).into_owned();
     let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let row = json["data"]["id"].as_i64();
+    let mut answer_headers = HeaderMap::new();
     let (status, delay) = {
         let mut inner = inner.lock().unwrap();
+        if let Some(challenge) = headers
+            .get("x-hook-secret")
+            .filter(|_| inner.echo_challenge)
+        {
+            answer_headers.insert("x-hook-secret", challenge.clone());
+        }
         let scripted = inner.script.pop_front();
         let failing = row
             .and_then(|id| inner.fail_rows.get_mut(&id))
@@ -86,7 +95,7 @@ async fn hook(
         at: Instant::now(),
     });
     tokio::time::sleep(delay).await;
-    StatusCode::from_u16(status).unwrap()
+    (StatusCode::from_u16(status).unwrap(), answer_headers)
 }
 
 impl Receiver {
@@ -114,6 +123,11 @@ impl Receiver {
     /// Fails the next `times` requests for the row whose `data.id` is `id`.
     pub fn fail_row(&self, id: i64, times: usize) {
         self.inner.lock().unwrap().fail_rows.insert(id, times);
+    }
+
+    /// Echoes intent-verification challenges (off by default).
+    pub fn echo_challenges(&self, on: bool) {
+        self.inner.lock().unwrap().echo_challenge = on;
     }
 
     /// Delays every unscripted answer.

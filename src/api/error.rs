@@ -1,0 +1,149 @@
+//! API errors and their one JSON shape: `{"error": {"code", "message", "field"}}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Why a request failed; each maps to one status and `code`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401 `unauthorized`: no token, or an unknown or revoked one.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// 403 `forbidden`: an event pattern outside the token's scopes.
+    #[error("event pattern {pattern:?} is outside this token's scopes")]
+    OutOfScope {
+        /// The pattern.
+        pattern: String,
+    },
+    /// 404 `not_found`.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409 `duplicate`: the caller already has this subscription.
+    #[error("a subscription to this target_url for these events already exists: {existing}")]
+    Duplicate {
+        /// Its id.
+        existing: uuid::Uuid,
+    },
+    /// 413 `body_too_large`.
+    #[error("request body is larger than {} bytes", super::MAX_BODY_BYTES)]
+    TooLarge,
+    /// 400 `malformed_json`: the body is not JSON.
+    #[error("request body is not valid JSON: {0}")]
+    Malformed(String),
+    /// 422 `invalid`, `unknown_field` or `missing_field`.
+    #[error("{message}")]
+    Invalid {
+        /// Machine-readable code.
+        code: &'static str,
+        /// The field (or query parameter) at fault.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// 422 `verification_failed`: the target did not confirm the subscription.
+    #[error("intent verification failed: {0}")]
+    Verification(String),
+    /// 503 `unavailable`: the database could not be reached.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// 500 `internal`.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// 422 `invalid` for `field`.
+    pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::Invalid {
+            code: "invalid",
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// 422 `missing_field` for a required `field`.
+    pub fn missing(field: &str) -> ApiError {
+        ApiError::Invalid {
+            code: "missing_field",
+            field: field.to_owned(),
+            message: format!("{field} is required"),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, Option<&str>) {
+        match self {
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::OutOfScope { .. } => (StatusCode::FORBIDDEN, "forbidden", Some("events")),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            ApiError::Duplicate { .. } => (StatusCode::CONFLICT, "duplicate", Some("target_url")),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", None),
+            ApiError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_json", None),
+            ApiError::Invalid { code, field, .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, code, Some(field))
+            }
+            ApiError::Verification(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "verification_failed",
+                Some("target_url"),
+            ),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, field) = self.parts();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "API request failed");
+        }
+        let body = json!({"error": {"code": code, "message": self.to_string(), "field": field}});
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"walhook\""),
+                );
+            }
+            ApiError::Duplicate { existing } => {
+                if let Ok(location) = HeaderValue::try_from(format!("/v1/hooks/{existing}")) {
+                    headers.insert(header::LOCATION, location);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    /// Validation by the `check_subscription` trigger (SQLSTATE 23514 with a column) becomes
+    /// 422 naming that column; anything else is internal.
+    fn from(e: diesel::result::Error) -> ApiError {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match &e {
+            Error::DatabaseError(DatabaseErrorKind::CheckViolation, info) => {
+                let field = info.column_name().unwrap_or("body");
+                let message = info.message();
+                let message = message
+                    .strip_prefix("walhook.subscriptions.")
+                    .unwrap_or(message);
+                ApiError::invalid(field, message)
+            }
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            _ => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The answer for a path no route serves: 404 in the API's error shape.
+pub async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}

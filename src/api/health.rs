@@ -1,0 +1,83 @@
+//! `/healthz` (the process answers), `/readyz` (capture is streaming) and `/metrics`
+//! (Prometheus text format). None needs a token.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+
+use super::ApiState;
+use super::error::ApiError;
+use super::store;
+
+/// Liveness: 200 while the process serves requests.
+pub async fn live() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: 200 while capture streams, else 503.
+pub async fn ready(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Value>) {
+    if state.capture.is_streaming() {
+        (StatusCode::OK, Json(json!({"status": "ready"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": "capture is not streaming"})),
+        )
+    }
+}
+
+/// Prometheus metrics.
+pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
+    let mut conn = store::conn(&state.pool).await?;
+    let g = store::gauges(&mut conn, &state.slot).await?;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, samples: &[(&str, i64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    gauge(
+        "walhook_capture_streaming",
+        "1 while the replication stream is connected.",
+        &[("", i64::from(state.capture.is_streaming()))],
+    );
+    gauge(
+        "walhook_acknowledged_lsn",
+        "Highest LSN acknowledged to the server (bytes).",
+        &[("", state.capture.acknowledged().0 as i64)],
+    );
+    gauge(
+        "walhook_slot_retained_wal_bytes",
+        "WAL the replication slot keeps on the server.",
+        &[("", g.retained_wal.unwrap_or(0))],
+    );
+    gauge(
+        "walhook_queue_events",
+        "Events in the delivery queue table, by status.",
+        &[
+            ("{status=\"pending\"}", g.pending),
+            ("{status=\"dead\"}", g.dead),
+        ],
+    );
+    gauge(
+        "walhook_subscriptions",
+        "Subscriptions, by state.",
+        &[
+            ("{state=\"active\"}", g.active),
+            ("{state=\"inactive\"}", g.inactive),
+        ],
+    );
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    ))
+}
