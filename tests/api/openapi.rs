@@ -62,8 +62,8 @@ async fn document_and_router_have_the_same_routes() {
     f.daemon.stop().await;
 }
 
-/// Runs schemathesis (from PyPI; `.ci/run` installs it and sets
-/// `WALHOOK_REQUIRE_SCHEMATHESIS=1`, so CI cannot skip this).
+/// Runs schemathesis (from PyPI; `.ci/run` installs it, and under `CI=true` a missing
+/// schemathesis fails this test instead of skipping it).
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_nonconforming_answer() {
     let present = Command::new("schemathesis")
@@ -71,10 +71,8 @@ async fn schemathesis_finds_no_server_error_and_no_nonconforming_answer() {
         .output()
         .is_ok();
     if !present {
-        assert!(
-            std::env::var_os("WALHOOK_REQUIRE_SCHEMATHESIS").is_none(),
-            "schemathesis is required but not on PATH"
-        );
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "schemathesis is required under CI=true but not on PATH");
         eprintln!("skipped: schemathesis not installed (pip install schemathesis)");
         return;
     }

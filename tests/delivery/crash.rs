@@ -19,6 +19,7 @@ fn spawn_walhook(db: &TestDb) -> Child {
         .env("WALHOOK_CAPTURE__STATUS_INTERVAL_MS", "100")
         .env("WALHOOK_DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
         .env("WALHOOK_DELIVERY__RETRY_POLL_MS", "50")
+        .env("WALHOOK_API__ENABLED", "false")
         .env("WALHOOK_LOG", "walhook=warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
