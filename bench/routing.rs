@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
-use walhook::change::{CommitTime, Op, Position, RowChange, Table};
+use walhook::change::{CommitTime, Op, Origin, Position, RowChange, Table};
 use walhook::events::{Event, Watch};
 use walhook::lsn::Lsn;
 use walhook::subscriptions::routing::RoutingIndex;
@@ -72,6 +72,7 @@ fn events() -> Vec<Event> {
                     .cloned(),
                 old: None,
                 unchanged_toast: vec![],
+                origin: Origin::Replication,
             };
             Event::from_change(&change, &watch).expect("created is watched")
         })

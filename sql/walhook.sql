@@ -134,6 +134,101 @@ DROP TRIGGER IF EXISTS notify_config ON walhook.watched_tables;
 CREATE TRIGGER notify_config AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON walhook.watched_tables
     FOR EACH STATEMENT EXECUTE FUNCTION walhook.notify_config();
 
+-- Trigger capture (capture.mode = "trigger"): which mode the installation is in.
+INSERT INTO walhook.settings VALUES ('capture_mode', 'replication') ON CONFLICT (name) DO NOTHING;
+
+-- One outbox row per row change (or TRUNCATE), written in the writer's own transaction, with
+-- the session settings replication mode decodes under, so to_jsonb prints the same values.
+-- Trigger arguments name columns to leave out (generated columns, which pgoutput omits).
+CREATE OR REPLACE FUNCTION walhook.capture_row() RETURNS trigger
+LANGUAGE plpgsql
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres'
+SET extra_float_digits = 1 SET bytea_output = 'hex'
+AS $$
+DECLARE
+    hidden text[] := coalesce(TG_ARGV, '{}');
+BEGIN
+    INSERT INTO walhook.outbox (schema_name, table_name, op, old_row, new_row, committed_at)
+    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP,
+            CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) - hidden END,
+            CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) - hidden END,
+            clock_timestamp());
+    PERFORM pg_notify('walhook_outbox', '');
+    RETURN NULL;
+END
+$$;
+
+-- (Re)installs the capture triggers of a watched table for the verbs it produces.
+CREATE OR REPLACE FUNCTION walhook.install_capture(tbl regclass, verbs text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    ops text[];
+    hidden text;
+BEGIN
+    PERFORM walhook.remove_capture(tbl);
+    ops := array_remove(ARRAY[
+        CASE WHEN 'created' = ANY (verbs) THEN 'INSERT' END,
+        CASE WHEN 'updated' = ANY (verbs) THEN 'UPDATE' END,
+        CASE WHEN 'deleted' = ANY (verbs) THEN 'DELETE' END], NULL);
+    SELECT string_agg(quote_literal(attname), ', ' ORDER BY attnum) INTO hidden
+    FROM pg_attribute WHERE attrelid = tbl AND attnum > 0 AND NOT attisdropped AND attgenerated <> '';
+    IF cardinality(ops) > 0 THEN
+        EXECUTE format('CREATE TRIGGER walhook_capture AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION walhook.capture_row(%s)',
+                       array_to_string(ops, ' OR '), tbl, coalesce(hidden, ''));
+    END IF;
+    IF 'truncated' = ANY (verbs) THEN
+        EXECUTE format('CREATE TRIGGER walhook_capture_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION walhook.capture_row()', tbl);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION walhook.remove_capture(tbl regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS walhook_capture ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS walhook_capture_truncate ON %s', tbl);
+END
+$$;
+
+-- Switches capture mode: installs (trigger) or removes (replication) the capture triggers of
+-- every watched table, then records the WAL position of the switch as checkpoint
+-- 'mode_switch'. CREATE/DROP TRIGGER wait for the tables' in-flight writers, so every
+-- transaction committed before that position was captured the old way, every later one the
+-- new way. Returns the position, or NULL when the mode was already `mode` (triggers are
+-- then brought in step with the watched tables).
+CREATE OR REPLACE FUNCTION walhook.set_capture_mode(mode text) RETURNS pg_lsn
+LANGUAGE plpgsql AS $$
+DECLARE
+    current_mode text;
+    w record;
+    tbl regclass;
+    switched pg_lsn;
+BEGIN
+    IF mode IS NULL OR mode NOT IN ('replication', 'trigger') THEN
+        RAISE EXCEPTION 'walhook.set_capture_mode: mode must be ''replication'' or ''trigger'', got %', coalesce(quote_literal(mode), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT value INTO current_mode FROM walhook.settings WHERE name = 'capture_mode' FOR UPDATE;
+    FOR w IN SELECT * FROM walhook.watched_tables LOOP
+        tbl := to_regclass(format('%I.%I', w.schema_name, w.table_name));
+        CONTINUE WHEN tbl IS NULL;
+        IF mode = 'trigger' THEN
+            PERFORM walhook.install_capture(tbl, w.verbs);
+        ELSE
+            PERFORM walhook.remove_capture(tbl);
+        END IF;
+    END LOOP;
+    IF current_mode = mode THEN
+        RETURN NULL;
+    END IF;
+    UPDATE walhook.settings SET value = mode WHERE name = 'capture_mode';
+    switched := pg_current_wal_lsn();
+    INSERT INTO walhook.checkpoints AS c (name, lsn) VALUES ('mode_switch', switched)
+    ON CONFLICT (name) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now();
+    RETURN switched;
+END
+$$;
+
 -- Watch a table: its changes become <noun>.created/updated/deleted (and truncated if asked).
 CREATE OR REPLACE FUNCTION walhook.watch(
     tbl regclass,
@@ -189,6 +284,9 @@ BEGIN
     ON CONFLICT (schema_name, table_name) DO UPDATE
         SET noun = EXCLUDED.noun, verbs = EXCLUDED.verbs, full_identity = EXCLUDED.full_identity
     RETURNING * INTO result;
+    IF (SELECT value FROM walhook.settings WHERE name = 'capture_mode') = 'trigger' THEN
+        PERFORM walhook.install_capture(tbl, chosen_verbs);
+    END IF;
     -- Keep walhook's publication in step when it exists (the daemon creates it at start).
     SELECT value INTO pub FROM walhook.settings WHERE name = 'publication';
     IF EXISTS (SELECT 1 FROM pg_publication WHERE pubname = pub)
@@ -210,6 +308,7 @@ BEGIN
     USING pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = tbl AND w.schema_name = n.nspname AND w.table_name = c.relname;
     removed := FOUND;
+    PERFORM walhook.remove_capture(tbl);
     SELECT value INTO pub FROM walhook.settings WHERE name = 'publication';
     IF EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                WHERE p.pubname = pub AND pr.prrelid = tbl) THEN

@@ -1,8 +1,10 @@
 //! `walhook run`: wires capture → route → deliver → acknowledge and shuts down cleanly.
 //!
 //! Start: migrate, watch the tables named in the config, bind the API's address (a busy port
-//! fails fast), load the live routing index, start capture (its publication gets every
-//! watched table), the REST API, the dispatcher and the retrier. The API stops taking
+//! fails fast), load the live routing index, start capture — replication (its publication
+//! gets every watched table) or trigger (outbox), completing a mode switch first when the
+//! configured mode differs from the installation's (see [`crate::switch`]) — then the REST
+//! API, the dispatcher and the retrier. The API stops taking
 //! requests when shutdown begins.
 //! Shutdown (SIGTERM/SIGINT or a definite capture error): the dispatcher stops taking changes,
 //! queues jobs not yet sent, lets requests in flight finish, acknowledges the final
@@ -14,12 +16,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
-use crate::capture::{self, CaptureError};
-use crate::config::{Config, ConfigError};
+use crate::capture::{self, CaptureError, outbox};
+use crate::config::{CaptureMode, Config, ConfigError};
 use crate::delivery::Delivery;
 use crate::delivery::queue::{self, Queue, QueueError};
 use crate::subscriptions::live::LiveRouting;
 use crate::subscriptions::store::{self, StoreError};
+use crate::switch::{self, Drain, SwitchError};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,9 @@ pub enum AppError {
     /// Capture stopped with a definite error.
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    /// A capture-mode switch failed.
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
     /// The API could not listen.
     #[error("api.listen {addr}: cannot listen: {source}")]
     Listen {
@@ -77,10 +83,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let background = CancellationToken::new();
     let routing =
         LiveRouting::start(url.clone(), Duration::from_secs(5), background.clone()).await?;
-    capture_config.tables = routing.snapshot().watched_tables();
-    let capture_cancel = CancellationToken::new();
-    let capture = capture::start(capture_config, capture_cancel.clone())?;
     let pool = queue::pool(&url, 16)?;
+    let drain = Drain {
+        config: delivery_config.clone(),
+        pool: pool.clone(),
+        routing: routing.clone(),
+    };
+    let client = switch::connect(&capture_config.database).await?;
+    let capture_cancel = CancellationToken::new();
+    capture_config.tables = routing.snapshot().watched_tables();
+    let capture = match config.capture.mode {
+        CaptureMode::Replication => {
+            let slot = capture_config.slot.clone();
+            let capture = capture::start(capture_config, capture_cancel.clone())?;
+            switch::to_replication(capture, &slot, config.outbox_config()?, &drain, &client).await?
+        }
+        CaptureMode::Trigger => {
+            switch::to_trigger(capture_config, &drain, &client).await?;
+            outbox::start(config.outbox_config()?, capture_cancel.clone())
+        }
+    };
+    drop(client);
     let api_task = listener.map(|listener| {
         let state = Arc::new(ApiState {
             pool: pool.clone(),

@@ -131,6 +131,16 @@ pub struct Commit {
     pub changes: u32,
 }
 
+/// Which capture produced a change: it decides the event id's form and `source.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// Logical replication: `position.commit_lsn` is the commit record's LSN.
+    #[default]
+    Replication,
+    /// Trigger capture: `position.commit_lsn` holds the outbox row id (index 0).
+    Trigger,
+}
+
 /// One row change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowChange {
@@ -152,6 +162,8 @@ pub struct RowChange {
     /// Columns of `new` left out because their unchanged TOASTed value was not sent and
     /// could not be filled in.
     pub unchanged_toast: Vec<String>,
+    /// Which capture produced it.
+    pub origin: Origin,
 }
 
 impl Op {

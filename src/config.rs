@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::CaptureConfig;
+use crate::capture::outbox::OutboxConfig;
 use crate::delivery::DeliveryConfig;
 use crate::delivery::retry::RetryPolicy;
 
@@ -86,6 +87,8 @@ pub struct CaptureSection {
     pub reconnect_min_ms: u64,
     /// Longest reconnect delay in milliseconds.
     pub reconnect_max_ms: u64,
+    /// Trigger mode: read the outbox this often even without a notification.
+    pub trigger_poll_ms: u64,
 }
 
 /// `[api]`: the REST hooks API served by `walhook run`.
@@ -187,6 +190,20 @@ impl Config {
             },
             disable_after: Duration::from_secs(d.disable_after_secs),
             retry_poll: Duration::from_millis(d.retry_poll_ms),
+        })
+    }
+
+    /// Trigger capture's configuration.
+    pub fn outbox_config(&self) -> Result<OutboxConfig, ConfigError> {
+        let capture = self.capture_config()?;
+        Ok(OutboxConfig {
+            database: capture.database,
+            batch: 500,
+            max_in_flight: self.delivery.max_outstanding.max(1),
+            poll: Duration::from_millis(self.capture.trigger_poll_ms.max(1)),
+            channel_capacity: capture.channel_capacity,
+            reconnect_min: capture.reconnect_min,
+            reconnect_max: capture.reconnect_max,
         })
     }
 

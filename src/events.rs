@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::change::{Op, Row, RowChange};
+use crate::change::{Op, Origin, Row, RowChange};
 
 /// What a watched table declares: its noun and the verbs it produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,10 @@ impl Event {
         if !watch.verbs.iter().any(|v| v == verb) {
             return None;
         }
-        let id = format!("evt_{}", change.position).replace('-', "_");
+        let id = match change.origin {
+            Origin::Replication => format!("evt_{}", change.position).replace('-', "_"),
+            Origin::Trigger => format!("evt_t{:016X}", change.position.commit_lsn.0),
+        };
         let event_type = format!("{}.{verb}", watch.noun);
         let data = match change.op {
             Op::Delete => change.old.clone().unwrap_or_default(),
@@ -100,9 +103,15 @@ impl Event {
             json!({
                 "schema": change.table.schema,
                 "table": change.table.name,
-                "lsn": change.position.commit_lsn.to_string(),
+                "lsn": match change.origin {
+                    Origin::Replication => Value::from(change.position.commit_lsn.to_string()),
+                    Origin::Trigger => Value::Null,
+                },
                 "xid": change.xid,
-                "mode": "replication",
+                "mode": match change.origin {
+                    Origin::Replication => "replication",
+                    Origin::Trigger => "trigger",
+                },
             }),
         );
         Some(Event {

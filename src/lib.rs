@@ -8,13 +8,14 @@
 //! src/api/           REST hooks API (axum): tokens, /v1/hooks, /v1/events, health, metrics
 //! src/config.rs      figment chain: defaults < walhook.toml < WALHOOK_* env
 //! src/capture/       replication client (startup, TLS, auth, stream, status updates),
-//!                    slot/publication, catalog lookups
+//!                    slot/publication, catalog lookups; outbox.rs: trigger capture
 //! src/pgoutput/      protocol bytes → typed messages; relation cache; values → JSON
 //! src/change.rs      the change model: Begin, RowChange{position, op, new, old}, Commit
 //! src/events.rs      row change → event envelope (type, stable id, data, previous, changed)
 //! src/subscriptions/ diesel schema + store (migrations, sql/), routing index, live reload
 //! src/delivery/      dispatcher (per-row chains, watermark), sender, signing, SSRF guard,
 //!                    retry policy, queue table and retrier
+//! src/switch.rs      capture-mode switches split at the switch LSN (nothing lost or repeated)
 //! src/lsn.rs         WAL positions
 //! ```
 //!
@@ -44,3 +45,4 @@ pub mod localpg;
 pub mod lsn;
 pub mod pgoutput;
 pub mod subscriptions;
+pub mod switch;

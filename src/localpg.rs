@@ -52,8 +52,15 @@ fn step(step: &'static str) -> impl Fn(std::io::Error) -> LocalPgError {
 }
 
 impl LocalPostgres {
-    /// Initialises and starts a server, waiting until it accepts connections. Blocking.
+    /// Initialises and starts a server (`wal_level=logical`), waiting until it accepts
+    /// connections. Blocking.
     pub fn start() -> Result<LocalPostgres, LocalPgError> {
+        LocalPostgres::start_with_wal_level("logical")
+    }
+
+    /// As [`start`](Self::start), with another `wal_level` (`replica` models a managed
+    /// server without logical replication, for trigger capture).
+    pub fn start_with_wal_level(wal_level: &str) -> Result<LocalPostgres, LocalPgError> {
         let bindir = bindir().ok_or(LocalPgError::NoBinaries)?;
         let owner = run_as()?;
         let nanos = SystemTime::now()
@@ -88,7 +95,7 @@ impl LocalPostgres {
         let port = free_port()?;
         let mut conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
-             wal_level = logical\nmax_wal_senders = 100\nmax_replication_slots = 100\n\
+             wal_level = {wal_level}\nmax_wal_senders = 100\nmax_replication_slots = 100\n\
              max_connections = 400\nfsync = off\nfull_page_writes = off\n\
              shared_buffers = 128MB\nmax_wal_size = 2GB\nlog_min_messages = warning\n",
             root.display()

@@ -7,3 +7,4 @@ mod capture;
 mod delivery;
 mod subscriptions;
 mod support;
+mod trigger;

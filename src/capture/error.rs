@@ -78,6 +78,25 @@ pub enum CaptureError {
     /// The consumer of the change stream went away.
     #[error("the change stream's consumer stopped")]
     ConsumerGone,
+    /// Trigger capture's session failed (connect, LISTEN, outbox query).
+    #[error("trigger capture: {message}")]
+    Outbox {
+        /// SQLSTATE when the server answered with an error.
+        code: Option<String>,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl From<tokio_postgres::Error> for CaptureError {
+    fn from(e: tokio_postgres::Error) -> CaptureError {
+        let code = e.code().map(|c| c.code().to_owned());
+        let message = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        };
+        CaptureError::Outbox { code, message }
+    }
 }
 
 impl CaptureError {
@@ -86,6 +105,8 @@ impl CaptureError {
         match self {
             CaptureError::Connect { .. } | CaptureError::Io(_) => true,
             CaptureError::Server(e) => is_transient_sqlstate(&e.code),
+            // No SQLSTATE: the connection itself failed or closed.
+            CaptureError::Outbox { code, .. } => code.as_deref().is_none_or(is_transient_sqlstate),
             CaptureError::Tls(_)
             | CaptureError::Auth { .. }
             | CaptureError::Protocol(_)

@@ -8,6 +8,7 @@
 mod catalog;
 pub mod connection;
 pub mod error;
+pub mod outbox;
 pub mod slot;
 mod stream;
 mod tls;

@@ -15,7 +15,7 @@ use super::message::{OldKind, PgOutput, Relation, Tuple, TupleValue};
 use super::types::TypeRegistry;
 use super::value::to_json;
 use crate::change::{
-    Begin, CaptureMessage, Commit, CommitTime, Op, Position, Row, RowChange, Table,
+    Begin, CaptureMessage, Commit, CommitTime, Op, Origin, Position, Row, RowChange, Table,
 };
 
 /// A cached relation: its wire shape and the table handed to the pipeline.
@@ -182,6 +182,7 @@ impl Decoder {
             new,
             old,
             unchanged_toast,
+            origin: Origin::Replication,
         }))
     }
 }

@@ -198,7 +198,7 @@ pub fn pattern_matches(pattern: &str, noun: &str, verb: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{CommitTime, Op, Position, RowChange, Table};
+    use crate::change::{CommitTime, Op, Origin, Position, RowChange, Table};
     use crate::events::Watch;
     use crate::lsn::Lsn;
     use serde_json::json;
@@ -247,6 +247,7 @@ mod tests {
             new: new.as_object().cloned(),
             old: old.and_then(|o| o.as_object().cloned()),
             unchanged_toast: vec![],
+            origin: Origin::Replication,
         };
         let watch = Watch {
             noun: "orders".into(),

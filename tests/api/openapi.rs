@@ -72,7 +72,10 @@ async fn schemathesis_finds_no_server_error_and_no_nonconforming_answer() {
         .is_ok();
     if !present {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(!ci, "schemathesis is required under CI=true but not on PATH");
+        assert!(
+            !ci,
+            "schemathesis is required under CI=true but not on PATH"
+        );
         eprintln!("skipped: schemathesis not installed (pip install schemathesis)");
         return;
     }

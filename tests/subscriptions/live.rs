@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use walhook::change::{CommitTime, Op, Position, RowChange, Table};
+use walhook::change::{CommitTime, Op, Origin, Position, RowChange, Table};
 use walhook::events::{Event, Watch};
 use walhook::lsn::Lsn;
 use walhook::subscriptions::live::LiveRouting;
@@ -32,6 +32,7 @@ fn created_order() -> Event {
         new: json!({"id": 1}).as_object().cloned(),
         old: None,
         unchanged_toast: vec![],
+        origin: Origin::Replication,
     };
     let watch = Watch {
         noun: "orders".into(),

@@ -41,22 +41,32 @@ pub const FAST_RETRIES: &str =
     "allow_private_targets = true\nretry_schedule_ms = [200, 200, 200]\ntimeout_ms = 2000";
 
 impl Daemon {
-    /// Starts the daemon and waits until its slot streams.
+    /// Starts the daemon and waits until its capture streams (`/readyz` answers 200; with
+    /// the API off, until the slot is active).
     pub async fn start(db: &TestDb, config: Config) -> Daemon {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let readyz = config
+            .api
+            .enabled
+            .then(|| format!("http://{}/readyz", config.api.listen));
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(walhook::app::run(config, shutdown.clone()));
         let daemon = Daemon { shutdown, handle };
-        for _ in 0..300 {
-            let active: Option<bool> = db
-                .client
-                .query_opt(
-                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&db.name],
-                )
-                .await
-                .unwrap()
-                .map(|r| r.get(0));
-            if active == Some(true) {
+        let http = reqwest::Client::new();
+        for _ in 0..600 {
+            let ready = match &readyz {
+                Some(url) => http.get(url).send().await.is_ok_and(|r| r.status() == 200),
+                None => db
+                    .client
+                    .query_opt(
+                        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                        &[&db.name],
+                    )
+                    .await
+                    .unwrap()
+                    .is_some(),
+            };
+            if ready {
                 return daemon;
             }
             assert!(
@@ -66,7 +76,7 @@ impl Daemon {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("daemon did not start streaming within 15 s");
+        panic!("daemon did not start streaming within 30 s");
     }
 
     /// SIGTERM equivalent: stops and expects a clean exit.

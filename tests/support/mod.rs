@@ -58,11 +58,22 @@ fn external(url: String) -> Server {
     }
 }
 
+/// A second shared server with `wal_level=replica` (no logical replication), for trigger
+/// capture; always local.
+pub fn replica_server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| start_local_with("replica"))
+}
+
 fn start_local() -> Server {
+    start_local_with("logical")
+}
+
+fn start_local_with(wal_level: &str) -> Server {
     // Leaked on purpose: the server lives as long as the test process, and the watchdog
     // stops it and removes its directory when the process exits.
     let pg = Box::leak(Box::new(
-        LocalPostgres::start().unwrap_or_else(|e| panic!("{e}")),
+        LocalPostgres::start_with_wal_level(wal_level).unwrap_or_else(|e| panic!("{e}")),
     ));
     Server {
         base_url: format!("postgres://postgres@127.0.0.1:{}", pg.port),
@@ -94,10 +105,18 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates a database named after the test.
+    /// Creates a database named after the test on the shared (logical) server.
     pub async fn new(test: &str) -> TestDb {
+        TestDb::on(server(), test).await
+    }
+
+    /// Creates a database named after the test on the `wal_level=replica` server.
+    pub async fn replica(test: &str) -> TestDb {
+        TestDb::on(replica_server(), test).await
+    }
+
+    async fn on(server: &Server, test: &str) -> TestDb {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let server = server();
         let name = format!(
             "t_{}_{}",
             test.to_lowercase()
