@@ -264,25 +264,21 @@ impl Queue {
         disable_after: Duration,
     ) -> Result<bool, QueueError> {
         let mut conn = self.conn().await?;
-        diesel::sql_query(
-            "INSERT INTO walhook.subscription_stats AS s \
+        // One round trip: record, then disable if failing for too long.
+        let disabled = diesel::sql_query(
+            "WITH st AS (INSERT INTO walhook.subscription_stats AS s \
              (subscription_id, last_error_at, last_error, consecutive_failures, failing_since) \
              VALUES ($1, now(), $2, 1, now()) ON CONFLICT (subscription_id) DO UPDATE \
              SET last_error_at = now(), last_error = $2, consecutive_failures = s.consecutive_failures + 1, \
-                 failing_since = coalesce(s.failing_since, now())",
+                 failing_since = coalesce(s.failing_since, now()) \
+             RETURNING failing_since) \
+             UPDATE walhook.subscriptions s SET active = false, \
+             disabled_reason = format('failing without a success since %s', st.failing_since) \
+             FROM st WHERE s.id = $1 AND s.active \
+               AND st.failing_since <= now() - make_interval(secs => $3)",
         )
         .bind::<SqlUuid, _>(subscription)
         .bind::<Text, _>(error)
-        .execute(&mut conn)
-        .await?;
-        let disabled = diesel::sql_query(
-            "UPDATE walhook.subscriptions s SET active = false, \
-             disabled_reason = format('failing without a success since %s', st.failing_since) \
-             FROM walhook.subscription_stats st \
-             WHERE s.id = $1 AND st.subscription_id = s.id AND s.active \
-               AND st.failing_since <= now() - make_interval(secs => $2)",
-        )
-        .bind::<SqlUuid, _>(subscription)
         .bind::<Double, _>(disable_after.as_secs_f64())
         .execute(&mut conn)
         .await?;

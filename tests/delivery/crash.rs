@@ -2,30 +2,14 @@
 //! exits 0.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use walhook::subscriptions::store;
 
 use crate::support::TestDb;
+use crate::support::daemon::spawn_walhook;
 use crate::support::receiver::Receiver;
-
-fn spawn_walhook(db: &TestDb) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .arg("run")
-        .env("WALHOOK_DATABASE_URL", &db.url)
-        .env("WALHOOK_CAPTURE__SLOT", &db.name)
-        .env("WALHOOK_CAPTURE__PUBLICATION", &db.name)
-        .env("WALHOOK_CAPTURE__STATUS_INTERVAL_MS", "100")
-        .env("WALHOOK_DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
-        .env("WALHOOK_DELIVERY__RETRY_POLL_MS", "50")
-        .env("WALHOOK_API__ENABLED", "false")
-        .env("WALHOOK_LOG", "walhook=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
-}
 
 fn distinct(receiver: &Receiver) -> HashSet<String> {
     receiver
@@ -47,7 +31,7 @@ async fn kill_9_mid_burst_then_restart_delivers_every_event() {
         receiver.url
     ))
     .await;
-    let mut first = spawn_walhook(&db);
+    let mut first = spawn_walhook(&db, &[]);
     let start = Instant::now();
     loop {
         let row = db
@@ -95,7 +79,7 @@ async fn kill_9_mid_burst_then_restart_delivers_every_event() {
     let before_restart = receiver.delivered().len();
     writer.await.unwrap();
 
-    let mut second = spawn_walhook(&db);
+    let mut second = spawn_walhook(&db, &[]);
     let deadline = Instant::now() + Duration::from_secs(90);
     while distinct(&receiver).len() < 10_000 {
         assert!(
@@ -117,7 +101,17 @@ async fn kill_9_mid_burst_then_restart_delivers_every_event() {
         .map(|r| r.json["data"]["id"].as_i64().unwrap())
         .collect();
     assert_eq!(rows, (1..=10_000).collect());
-    // SIGTERM: a clean exit.
+    // Let the redeliveries of the unacknowledged tail finish (else SIGTERM rightly queues
+    // them), then SIGTERM: a clean exit with nothing left queued.
+    let mut seen = receiver.requests().len();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = receiver.requests().len();
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
     Command::new("kill")
         .arg("-TERM")
         .arg(second.id().to_string())

@@ -2,29 +2,15 @@
 //! the outbox ends empty.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use walhook::subscriptions::store;
 
 use super::outbox_rows;
 use crate::support::TestDb;
+use crate::support::daemon::spawn_walhook;
 use crate::support::receiver::Receiver;
-
-fn spawn_walhook(db: &TestDb) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .arg("run")
-        .env("WALHOOK_DATABASE_URL", &db.url)
-        .env("WALHOOK_CAPTURE__MODE", "trigger")
-        .env("WALHOOK_DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
-        .env("WALHOOK_DELIVERY__RETRY_POLL_MS", "50")
-        .env("WALHOOK_API__ENABLED", "false")
-        .env("WALHOOK_LOG", "walhook=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
-}
 
 #[tokio::test]
 async fn kill_9_mid_drain_then_restart_loses_nothing() {
@@ -43,7 +29,7 @@ async fn kill_9_mid_drain_then_restart_loses_nothing() {
     // Rows waiting before walhook starts, and more while it drains.
     db.exec("INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 3000) g")
         .await;
-    let mut first = spawn_walhook(&db);
+    let mut first = spawn_walhook(&db, &[("WALHOOK_CAPTURE__MODE", "trigger")]);
     let start = Instant::now();
     while receiver.delivered().len() < 300 {
         assert!(
@@ -59,7 +45,7 @@ async fn kill_9_mid_drain_then_restart_loses_nothing() {
     let before = receiver.delivered().len();
     assert!(before < 5000, "killed mid-drain ({before} delivered)");
 
-    let mut second = spawn_walhook(&db);
+    let mut second = spawn_walhook(&db, &[("WALHOOK_CAPTURE__MODE", "trigger")]);
     let start = Instant::now();
     loop {
         let ids: HashSet<i64> = receiver
