@@ -6,13 +6,15 @@
 //! so several daemons can share them; a row is claimable only when no older pending row of
 //! the same subscription and row exists, which keeps per-row order.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// A pool of diesel-async connections.
@@ -27,6 +29,9 @@ pub enum QueueError {
     /// A query failed.
     #[error("delivery queue query failed: {0}")]
     Query(#[from] diesel::result::Error),
+    /// A batched write failed (the message of the query's error).
+    #[error("delivery queue write failed: {0}")]
+    Batch(String),
 }
 
 /// Builds a pool for `url` (max `size` connections).
@@ -102,12 +107,86 @@ struct KeyRow {
 #[derive(Clone)]
 pub struct Queue {
     pool: PgPool,
+    /// The batch writer, started by the first `enqueue`.
+    writer: Arc<OnceLock<mpsc::UnboundedSender<Waiting>>>,
+}
+
+/// An event waiting for the batch writer, and who to tell once it is committed.
+struct Waiting {
+    subscription_id: Uuid,
+    event_id: String,
+    event_type: String,
+    row_key: String,
+    body: String,
+    attempts: i32,
+    delay_secs: f64,
+    last_error: Option<String>,
+    status: &'static str,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Largest batch written by one INSERT.
+const MAX_BATCH: usize = 500;
+
+/// Writes waiting events: whatever has gathered while the previous INSERT ran goes into the
+/// next one (up to [`MAX_BATCH`]), so a burst of failures costs one round trip per batch,
+/// not per event. Ends when every `Queue` is gone.
+async fn write_batches(pool: PgPool, mut waiting: mpsc::UnboundedReceiver<Waiting>) {
+    while let Some(first) = waiting.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match waiting.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let result = insert_batch(&pool, &batch).await.map_err(|e| e.to_string());
+        for w in batch {
+            let _ = w.done.send(result.clone());
+        }
+    }
+}
+
+/// One INSERT for the batch, in order (ids follow it, which keeps per-row order).
+async fn insert_batch(pool: &PgPool, batch: &[Waiting]) -> Result<(), QueueError> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| QueueError::Pool(e.to_string()))?;
+    let column = |f: fn(&Waiting) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
+    diesel::sql_query(
+        "INSERT INTO walhook.delivery_queue \
+         (subscription_id, event_id, event_type, row_key, body, attempts, next_attempt_at, last_error, status) \
+         SELECT u.s, u.e, u.t, u.k, u.b, u.a, now() + make_interval(secs => u.d), u.l, u.st \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
+                     $7::float8[], $8::text[], $9::text[]) WITH ORDINALITY AS u(s, e, t, k, b, a, d, l, st, n) \
+         WHERE EXISTS (SELECT 1 FROM walhook.subscriptions WHERE id = u.s) \
+         ORDER BY u.n \
+         ON CONFLICT (subscription_id, event_id) DO NOTHING",
+    )
+    .bind::<Array<SqlUuid>, _>(batch.iter().map(|w| w.subscription_id).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(column(|w| &w.event_id))
+    .bind::<Array<Text>, _>(column(|w| &w.event_type))
+    .bind::<Array<Text>, _>(column(|w| &w.row_key))
+    .bind::<Array<Text>, _>(column(|w| &w.body))
+    .bind::<Array<Integer>, _>(batch.iter().map(|w| w.attempts).collect::<Vec<_>>())
+    .bind::<Array<Double>, _>(batch.iter().map(|w| w.delay_secs).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        batch.iter().map(|w| w.last_error.as_deref()).collect::<Vec<_>>(),
+    )
+    .bind::<Array<Text>, _>(column(|w| w.status))
+    .execute(&mut conn)
+    .await?;
+    Ok(())
 }
 
 impl Queue {
     /// A queue over `pool`.
     pub fn new(pool: PgPool) -> Queue {
-        Queue { pool }
+        Queue {
+            pool,
+            writer: Arc::new(OnceLock::new()),
+        }
     }
 
     async fn conn(
@@ -121,28 +200,33 @@ impl Queue {
     }
 
     /// Inserts one event (idempotent per subscription and event id); nothing when the
-    /// subscription has been deleted meanwhile.
+    /// subscription has been deleted meanwhile. Returns once the row is committed. Concurrent
+    /// calls are written together: one multi-row INSERT per batch (see [`write_batches`]).
     pub async fn enqueue(&self, e: &Enqueue<'_>) -> Result<(), QueueError> {
-        let mut conn = self.conn().await?;
-        diesel::sql_query(
-            "INSERT INTO walhook.delivery_queue \
-             (subscription_id, event_id, event_type, row_key, body, attempts, next_attempt_at, last_error, status) \
-             SELECT $1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8, $9 \
-             WHERE EXISTS (SELECT 1 FROM walhook.subscriptions WHERE id = $1) \
-             ON CONFLICT (subscription_id, event_id) DO NOTHING",
-        )
-        .bind::<SqlUuid, _>(e.subscription_id)
-        .bind::<Text, _>(e.event_id)
-        .bind::<Text, _>(e.event_type)
-        .bind::<Text, _>(e.row_key)
-        .bind::<Text, _>(e.body)
-        .bind::<Integer, _>(e.attempts)
-        .bind::<Double, _>(e.delay.as_secs_f64())
-        .bind::<Nullable<Text>, _>(e.last_error)
-        .bind::<Text, _>(if e.dead { "dead" } else { "pending" })
-        .execute(&mut conn)
-        .await?;
-        Ok(())
+        let writer = self.writer.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_batches(self.pool.clone(), rx));
+            tx
+        });
+        let (done, written) = oneshot::channel();
+        let waiting = Waiting {
+            subscription_id: e.subscription_id,
+            event_id: e.event_id.to_owned(),
+            event_type: e.event_type.to_owned(),
+            row_key: e.row_key.to_owned(),
+            body: e.body.to_owned(),
+            attempts: e.attempts,
+            delay_secs: e.delay.as_secs_f64(),
+            last_error: e.last_error.map(str::to_owned),
+            status: if e.dead { "dead" } else { "pending" },
+            done,
+        };
+        let stopped = || QueueError::Batch("the queue writer stopped".into());
+        writer.send(waiting).map_err(|_| stopped())?;
+        written
+            .await
+            .map_err(|_| stopped())?
+            .map_err(QueueError::Batch)
     }
 
     /// Claims up to `limit` due rows for `lease`, oldest first, one per (subscription, row).
