@@ -56,7 +56,7 @@ impl CaptureConfig {
             publication: "walhook".into(),
             tables: Vec::new(),
             status_interval: Duration::from_secs(1),
-            channel_capacity: 4096,
+            channel_capacity: 1024,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
         }
