@@ -5,8 +5,6 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use walhook::subscriptions::store;
-
 use crate::support::TestDb;
 use crate::support::daemon::spawn_walhook;
 use crate::support::receiver::Receiver;
@@ -22,15 +20,12 @@ fn distinct(receiver: &Receiver) -> HashSet<String> {
 #[tokio::test]
 async fn kill_9_mid_burst_then_restart_delivers_every_event() {
     let db = TestDb::new("crash").await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
-    let receiver = Receiver::start().await;
-    db.exec(&format!(
-        "CREATE TABLE orders (id int PRIMARY KEY, status text);
-         SELECT walhook.watch('orders');
-         SELECT walhook.subscribe('{}', '{{orders.created}}');",
-        receiver.url
-    ))
-    .await;
+    let receiver = db
+        .watched_with_receiver(
+            "CREATE TABLE orders (id int PRIMARY KEY, status text); SELECT walhook.watch('orders');",
+            "{orders.created}",
+        )
+        .await;
     let mut first = spawn_walhook(&db, &[]);
     let start = Instant::now();
     loop {

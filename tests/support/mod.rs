@@ -134,6 +134,22 @@ impl TestDb {
         TestDb { name, url, client }
     }
 
+    /// Installs walhook's schema, runs `setup` (tables and `walhook.watch` calls), and
+    /// subscribes a fresh receiver to the event patterns `events` (SQL array text).
+    pub async fn watched_with_receiver(&self, setup: &str, events: &str) -> receiver::Receiver {
+        walhook::subscriptions::store::migrate(&self.url, &self.name, true)
+            .await
+            .unwrap();
+        let receiver = receiver::Receiver::start().await;
+        self.exec(setup).await;
+        self.exec(&format!(
+            "SELECT walhook.subscribe('{}', '{events}')",
+            receiver.url
+        ))
+        .await;
+        receiver
+    }
+
     /// Runs SQL (several statements allowed, one implicit transaction).
     pub async fn exec(&self, sql: &str) {
         self.client

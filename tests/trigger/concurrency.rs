@@ -5,11 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use walhook::config::CaptureMode;
-use walhook::subscriptions::store;
 
 use super::{config_in, outbox_rows};
 use crate::support::daemon::Daemon;
-use crate::support::receiver::Receiver;
 use crate::support::{TestDb, connect};
 
 const ROWS: i64 = 20;
@@ -19,15 +17,13 @@ const TRANSACTIONS: i64 = 25;
 #[tokio::test]
 async fn concurrent_writers_are_delivered_exactly_once_in_row_order() {
     let db = TestDb::replica("trigger_concurrency").await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
-    let receiver = Receiver::start().await;
-    db.exec(&format!(
-        "CREATE TABLE counters (id int PRIMARY KEY, version int NOT NULL, note text);
-         SELECT walhook.watch('counters');
-         SELECT walhook.subscribe('{}', '{{counters.*}}');",
-        receiver.url
-    ))
-    .await;
+    let receiver = db
+        .watched_with_receiver(
+            "CREATE TABLE counters (id int PRIMARY KEY, version int NOT NULL, note text);
+             SELECT walhook.watch('counters');",
+            "{counters.*}",
+        )
+        .await;
     let daemon = Daemon::start(&db, config_in(&db, CaptureMode::Trigger)).await;
     db.exec(&format!(
         "INSERT INTO counters SELECT g, 0, 'new' FROM generate_series(0, {}) g",

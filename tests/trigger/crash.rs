@@ -5,27 +5,21 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use walhook::subscriptions::store;
-
 use super::outbox_rows;
 use crate::support::TestDb;
 use crate::support::daemon::spawn_walhook;
-use crate::support::receiver::Receiver;
 
 #[tokio::test]
 async fn kill_9_mid_drain_then_restart_loses_nothing() {
     let db = TestDb::replica("trigger_crash").await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
-    let receiver = Receiver::start().await;
+    let receiver = db
+        .watched_with_receiver(
+            "UPDATE walhook.settings SET value = 'trigger' WHERE name = 'capture_mode';
+             CREATE TABLE orders (id int PRIMARY KEY, status text); SELECT walhook.watch('orders');",
+            "{orders.created}",
+        )
+        .await;
     receiver.set_delay(Duration::from_millis(2));
-    db.exec(&format!(
-        "UPDATE walhook.settings SET value = 'trigger' WHERE name = 'capture_mode';
-         CREATE TABLE orders (id int PRIMARY KEY, status text);
-         SELECT walhook.watch('orders');
-         SELECT walhook.subscribe('{}', '{{orders.created}}');",
-        receiver.url
-    ))
-    .await;
     // Rows waiting before walhook starts, and more while it drains.
     db.exec("INSERT INTO orders SELECT g, 'new' FROM generate_series(1, 3000) g")
         .await;

@@ -8,13 +8,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use walhook::config::CaptureMode;
-use walhook::subscriptions::store;
 
 use super::{config_in, outbox_rows};
 use tokio::task::JoinHandle;
 
 use crate::support::daemon::Daemon;
-use crate::support::receiver::Receiver;
 use crate::support::{TestDb, connect};
 
 async fn count(db: &TestDb, sql: &str) -> i64 {
@@ -38,15 +36,12 @@ fn spawn_writer(client: tokio_postgres::Client, committed: Arc<AtomicI64>) -> Jo
 #[tokio::test]
 async fn switching_modes_both_ways_delivers_every_row_from_exactly_one_mode() {
     let db = TestDb::new("mode_switch").await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
-    let receiver = Receiver::start().await;
-    db.exec(&format!(
-        "CREATE TABLE orders (id int PRIMARY KEY, status text);
-         SELECT walhook.watch('orders');
-         SELECT walhook.subscribe('{}', '{{orders.created}}');",
-        receiver.url
-    ))
-    .await;
+    let receiver = db
+        .watched_with_receiver(
+            "CREATE TABLE orders (id int PRIMARY KEY, status text); SELECT walhook.watch('orders');",
+            "{orders.created}",
+        )
+        .await;
     let slot = format!(
         "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
         db.name
