@@ -74,7 +74,7 @@ fn events() -> Vec<Event> {
                 unchanged_toast: vec![],
                 origin: Origin::Replication,
             };
-            Event::from_change(&change, &watch).expect("created is watched")
+            Event::from_change(change, &watch).expect("created is watched")
         })
         .collect()
 }

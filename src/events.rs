@@ -1,9 +1,11 @@
 //! Row change → event: name, stable id, and the SPEC §2 envelope.
 //!
 //! One [`Event`] is built per change and shared by every subscription it is routed to; only
-//! `context` differs per subscription, added when the body is rendered.
+//! `context` differs per subscription, spliced into the body rendered once per event.
 
-use serde_json::{Map, Value, json};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::change::{Op, Origin, Row, RowChange};
 
@@ -35,42 +37,67 @@ pub struct Event {
     pub event_type: String,
     /// The row (new for created/updated, old for deleted); empty for truncated.
     pub data: Row,
-    /// Old row on updated and deleted, when known.
-    pub previous: Option<Row>,
     /// Identifies the row for ordering: table and key values.
     pub row_key: String,
-    envelope: Map<String, Value>,
+    /// The envelope rendered once, with `"context":null` last.
+    body: Bytes,
 }
+
+/// The SPEC §2 envelope, in its documented key order.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    timestamp: String,
+    data: &'a Row,
+    previous: Option<&'a Row>,
+    changed: Option<Vec<&'a String>>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    unavailable: &'a [String],
+    source: Source<'a>,
+    context: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Source<'a> {
+    schema: &'a str,
+    table: &'a str,
+    lsn: Option<String>,
+    xid: u32,
+    mode: &'static str,
+}
+
+/// How the rendered envelope ends before a subscription's context is spliced in.
+const NULL_CONTEXT_END: &[u8] = b"null}";
 
 impl Event {
     /// Builds the event for `change` on a table watched as `watch`; `None` when the watch
-    /// does not produce this verb.
-    pub fn from_change(change: &RowChange, watch: &Watch) -> Option<Event> {
+    /// does not produce this verb. The envelope is rendered here, once for all subscriptions.
+    pub fn from_change(change: RowChange, watch: &Watch) -> Option<Event> {
         let verb = verb(change.op);
         if !watch.verbs.iter().any(|v| v == verb) {
             return None;
         }
-        let id = match change.origin {
-            Origin::Replication => format!("evt_{}", change.position).replace('-', "_"),
-            Origin::Trigger => format!("evt_t{:016X}", change.position.commit_lsn.0),
+        let replication = change.origin == Origin::Replication;
+        let id = if replication {
+            format!("evt_{}", change.position).replace('-', "_")
+        } else {
+            format!("evt_t{:016X}", change.position.commit_lsn.0)
         };
         let event_type = format!("{}.{verb}", watch.noun);
-        let data = match change.op {
-            Op::Delete => change.old.clone().unwrap_or_default(),
-            _ => change.new.clone().unwrap_or_default(),
-        };
-        let previous = match change.op {
-            Op::Update | Op::Delete => change.old.clone(),
-            _ => None,
+        let (data, previous) = match change.op {
+            Op::Delete => (change.old.clone().unwrap_or_default(), change.old),
+            Op::Update => (change.new.unwrap_or_default(), change.old),
+            _ => (change.new.unwrap_or_default(), None),
         };
         let complete_old = previous.as_ref().is_some_and(|old| {
             old.len() + change.unchanged_toast.len() >= change.table.columns.len()
         });
         let changed = (change.op == Op::Update && complete_old).then(|| {
-            let old = previous.as_ref().map(|o| o as &Row);
             data.iter()
-                .filter(|(k, v)| old.and_then(|o| o.get(*k)) != Some(v))
-                .map(|(k, _)| k.clone())
+                .filter(|(k, v)| previous.as_ref().and_then(|o| o.get(*k)) != Some(v))
+                .map(|(k, _)| k)
                 .collect::<Vec<_>>()
         });
         let key: Vec<&Value> = change
@@ -83,51 +110,51 @@ impl Event {
             "{}.{}:{}",
             change.table.schema,
             change.table.name,
-            Value::from(key.into_iter().cloned().collect::<Vec<_>>())
+            serde_json::to_string(&key).unwrap_or_default()
         );
-        let mut envelope = Map::new();
-        envelope.insert("id".into(), json!(id));
-        envelope.insert("type".into(), json!(event_type));
-        envelope.insert("timestamp".into(), json!(change.commit_time.to_rfc3339()));
-        envelope.insert("data".into(), Value::Object(data.clone()));
-        envelope.insert(
-            "previous".into(),
-            previous.clone().map_or(Value::Null, Value::Object),
-        );
-        envelope.insert("changed".into(), changed.map_or(Value::Null, Value::from));
-        if !change.unchanged_toast.is_empty() {
-            envelope.insert("unavailable".into(), json!(change.unchanged_toast));
-        }
-        envelope.insert(
-            "source".into(),
-            json!({
-                "schema": change.table.schema,
-                "table": change.table.name,
-                "lsn": match change.origin {
-                    Origin::Replication => Value::from(change.position.commit_lsn.to_string()),
-                    Origin::Trigger => Value::Null,
+        let envelope = Envelope {
+            id: &id,
+            event_type: &event_type,
+            timestamp: change.commit_time.to_rfc3339(),
+            data: &data,
+            previous: previous.as_ref(),
+            changed,
+            unavailable: &change.unchanged_toast,
+            source: Source {
+                schema: &change.table.schema,
+                table: &change.table.name,
+                lsn: replication.then(|| change.position.commit_lsn.to_string()),
+                xid: change.xid,
+                mode: if replication {
+                    "replication"
+                } else {
+                    "trigger"
                 },
-                "xid": change.xid,
-                "mode": match change.origin {
-                    Origin::Replication => "replication",
-                    Origin::Trigger => "trigger",
-                },
-            }),
-        );
+            },
+            context: None,
+        };
+        let body = serde_json::to_vec(&envelope).ok()?.into();
         Some(Event {
             id,
             event_type,
             data,
-            previous,
             row_key,
-            envelope,
+            body,
         })
     }
 
-    /// The POST body for a subscription whose `context` is given.
-    pub fn envelope(&self, context: Option<&str>) -> Value {
-        let mut body = self.envelope.clone();
-        body.insert("context".into(), context.map_or(Value::Null, Value::from));
-        Value::Object(body)
+    /// The exact POST body for a subscription whose `context` is given. Without a context
+    /// this is the shared rendering (no copy); with one, the context is spliced in.
+    pub fn body(&self, context: Option<&str>) -> Bytes {
+        let Some(context) = context else {
+            return self.body.clone();
+        };
+        let head = &self.body[..self.body.len() - NULL_CONTEXT_END.len()];
+        let mut body = Vec::with_capacity(self.body.len() + context.len() + 8);
+        body.extend_from_slice(head);
+        // Serialising a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut body, context);
+        body.push(b'}');
+        body.into()
     }
 }

@@ -4,24 +4,51 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::guard;
 use super::retry::{Outcome, classify};
-use super::signing::sign;
+use super::signing::{BadSecret, Key};
+
+/// A subscription's target, prepared once when routing is built: the parsed URL, the
+/// decoded signing key and the extra headers. Problems are kept and reported per send.
+#[derive(Debug, Clone)]
+pub struct Target {
+    url: Result<reqwest::Url, String>,
+    key: Result<Key, BadSecret>,
+    headers: HeaderMap,
+}
+
+impl Target {
+    /// Prepares `url`, `secret` (`whsec_…`) and `headers` (a JSON object of strings; other
+    /// values are skipped).
+    pub fn new(url: &str, secret: &str, headers: &serde_json::Value) -> Target {
+        let mut extra = HeaderMap::new();
+        for (name, value) in headers.as_object().into_iter().flatten() {
+            if let (Ok(name), Some(Ok(value))) = (
+                HeaderName::try_from(name.as_str()),
+                value.as_str().map(HeaderValue::try_from),
+            ) {
+                extra.insert(name, value);
+            }
+        }
+        Target {
+            url: reqwest::Url::parse(url).map_err(|e| format!("invalid target URL: {e}")),
+            key: Key::parse(secret),
+            headers: extra,
+        }
+    }
+}
 
 /// One message to send.
 pub struct Message<'a> {
-    /// Target URL.
-    pub url: &'a str,
+    /// Where and how to sign.
+    pub target: &'a Target,
     /// Event id (`webhook-id`).
     pub id: &'a str,
     /// Exact body bytes.
-    pub body: &'a str,
-    /// Signing secret.
-    pub secret: &'a str,
-    /// Extra headers (a JSON object of strings).
-    pub headers: &'a serde_json::Value,
+    pub body: Bytes,
 }
 
 /// Sends webhooks.
@@ -55,6 +82,12 @@ impl Sender {
     /// Parses a target URL and refuses forbidden IP literals (names are checked on connect).
     fn target(&self, url: &str) -> Result<reqwest::Url, String> {
         let url = reqwest::Url::parse(url).map_err(|e| format!("invalid target URL: {e}"))?;
+        self.allowed(&url)?;
+        Ok(url)
+    }
+
+    /// Refuses a forbidden IP literal host unless private targets are allowed.
+    fn allowed(&self, url: &reqwest::Url) -> Result<(), String> {
         if !self.allow_private {
             let literal = url
                 .host_str()
@@ -64,7 +97,7 @@ impl Sender {
                 return Err(guard::Forbidden(url.host_str().unwrap_or_default().into()).to_string());
             }
         }
-        Ok(url)
+        Ok(())
     }
 
     /// REST hooks intent verification: POSTs `{"type": "walhook.verification", "challenge"}`
@@ -106,48 +139,36 @@ impl Sender {
             error,
             retry_after: None,
         };
-        let url = match self.target(message.url) {
+        let target = message.target;
+        let url = match &target.url {
             Ok(url) => url,
-            Err(e) => return failed(e),
+            Err(e) => return failed(e.clone()),
         };
-        let timestamp = chrono::Utc::now().timestamp();
-        let signature = match sign(
-            message.secret,
-            message.id,
-            timestamp,
-            message.body.as_bytes(),
-        ) {
-            Ok(s) => s,
+        if let Err(e) = self.allowed(url) {
+            return failed(e);
+        }
+        let key = match &target.key {
+            Ok(key) => key,
             Err(e) => return failed(e.to_string()),
         };
-        let mut headers = HeaderMap::new();
-        if let Some(extra) = message.headers.as_object() {
-            for (name, value) in extra {
-                let (Ok(name), Some(Ok(value))) = (
-                    HeaderName::try_from(name.as_str()),
-                    value.as_str().map(HeaderValue::try_from),
-                ) else {
-                    continue;
-                };
-                headers.insert(name, value);
-            }
-        }
-        let fixed = [
-            ("content-type", "application/json".to_owned()),
-            ("webhook-id", message.id.to_owned()),
-            ("webhook-timestamp", timestamp.to_string()),
-            ("webhook-signature", signature),
-        ];
-        for (name, value) in fixed {
-            if let Ok(value) = HeaderValue::try_from(value) {
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = key.sign(message.id, timestamp, &message.body);
+        let mut headers = target.headers.clone();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+        for (name, value) in [
+            ("webhook-id", message.id),
+            ("webhook-signature", &signature),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(value) {
                 headers.insert(name, value);
             }
         }
         let request = self
             .client
-            .post(url)
+            .post(url.clone())
             .headers(headers)
-            .body(message.body.to_owned());
+            .body(message.body.clone());
         match request.send().await {
             Ok(response) => {
                 let retry_after = response
@@ -157,6 +178,9 @@ impl Sender {
                     .map(str::to_owned);
                 classify(response.status().as_u16(), retry_after.as_deref())
             }
+            Err(e) if e.is_connect() || e.is_timeout() => Outcome::Unreachable {
+                error: transport_error(&e),
+            },
             Err(e) => failed(transport_error(&e)),
         }
     }

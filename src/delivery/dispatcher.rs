@@ -27,6 +27,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::breaker::{Breaker, Open};
 use super::client::{Message, Sender};
 use super::queue::{Claimed, Enqueue, Queue};
 use super::retry::{Outcome, RetryPolicy};
@@ -78,6 +79,7 @@ struct SubState {
     permits: Semaphore,
     in_memory: AtomicUsize,
     failing: AtomicBool,
+    breaker: Breaker,
 }
 
 /// One delivery in memory.
@@ -107,6 +109,16 @@ impl Queued<'_> {
         error: None,
         dead: false,
     };
+
+    /// Not attempted: the subscription's breaker is open; due when it closes.
+    fn held(open: &Open) -> Queued<'_> {
+        Queued {
+            attempts: 0,
+            delay: open.remaining,
+            error: Some(&open.error),
+            dead: false,
+        }
+    }
 }
 
 /// Where a transaction stands in the acknowledgement watermark.
@@ -174,6 +186,7 @@ impl Delivery {
                     permits: Semaphore::new(self.config.max_in_flight.max(1)),
                     in_memory: AtomicUsize::new(0),
                     failing: AtomicBool::new(false),
+                    breaker: Breaker::default(),
                 })
             })
             .clone()
@@ -227,7 +240,7 @@ impl Delivery {
                     Some(CaptureMessage::Change(change)) => {
                         let Some(entry) = txs.back_mut() else { continue };
                         let Some(watch) = snapshot.watch(&change.table.schema, &change.table.name) else { continue };
-                        let Some(event) = Event::from_change(&change, watch) else { continue };
+                        let Some(event) = Event::from_change(change, watch) else { continue };
                         let event = Arc::new(event);
                         let now = chrono::Utc::now().timestamp_micros();
                         for route in snapshot.route(&event, now) {
@@ -293,12 +306,10 @@ impl Delivery {
             Some(rx) => rx.await.unwrap_or(false),
             None => true,
         };
-        let body = job
-            .event
-            .envelope(job.route.subscription.context.as_deref())
-            .to_string();
+        let body = job.event.body(job.route.subscription.context.as_deref());
         // Waiting for a slot of a slow subscription must not hold up a shutdown.
-        let permit = if !prev_delivered || job.queue_only || self.draining.is_cancelled() {
+        let skip = !prev_delivered || job.queue_only || sub.breaker.open().is_some();
+        let permit = if skip || self.draining.is_cancelled() {
             None
         } else {
             tokio::select! {
@@ -308,13 +319,23 @@ impl Delivery {
         };
         // Deleted or deactivated since routing: nothing more is sent to it.
         let unsubscribed = || routing.snapshot().subscription(sub_id).is_none();
+        // Checked after the wait for a slot: a concurrent attempt may have opened it.
+        let open = sub.breaker.open();
         let delivered = match permit {
             _ if unsubscribed() => {
                 tracing::debug!(subscription = %sub_id, event = %job.event.id, "dropped: no longer subscribed");
                 true
             }
+            _ if let Some(open) = open => {
+                self.spill(&job, &body, Queued::held(&open)).await;
+                false
+            }
             Some(permit) if !self.draining.is_cancelled() => {
-                let message = message(&job.route, &job.event.id, &body);
+                let message = Message {
+                    target: &job.route.target,
+                    id: &job.event.id,
+                    body: body.clone(),
+                };
                 let outcome = self.sender.send(&message).await;
                 drop(permit);
                 self.first_attempt(&job, &sub, &body, outcome).await
@@ -339,14 +360,37 @@ impl Delivery {
     }
 
     /// Settles the in-memory attempt; `true` when delivered.
-    async fn first_attempt(&self, job: &Job, sub: &SubState, body: &str, outcome: Outcome) -> bool {
+    async fn first_attempt(
+        &self,
+        job: &Job,
+        sub: &SubState,
+        body: &[u8],
+        outcome: Outcome,
+    ) -> bool {
         let id = job.route.subscription.id;
         match outcome {
             Outcome::Delivered => {
                 if sub.failing.swap(false, Ordering::AcqRel) {
+                    sub.breaker.close();
                     self.logged(self.queue.record_success(id).await);
                 }
                 true
+            }
+            Outcome::Unreachable { error } => {
+                sub.failing.store(true, Ordering::Release);
+                let (open_for, opened) = sub.breaker.trip(&error, &self.config.retry);
+                if opened {
+                    tracing::warn!(subscription = %id, error = %error, "endpoint unreachable; holding its events for {open_for:?}");
+                    self.failure(id, &error).await;
+                }
+                let queued = Queued {
+                    attempts: 1,
+                    delay: open_for,
+                    error: Some(&error),
+                    dead: self.config.retry.next_delay(1, None).is_none(),
+                };
+                self.spill(job, body, queued).await;
+                false
             }
             Outcome::Gone => {
                 self.gone(id).await;
@@ -399,7 +443,7 @@ impl Delivery {
 
     /// Writes a job to the queue table, retrying until it is durable (its transaction is not
     /// acknowledged before), and marks its row as queued.
-    async fn spill(&self, job: &Job, body: &str, queued: Queued<'_>) {
+    async fn spill(&self, job: &Job, body: &[u8], queued: Queued<'_>) {
         let (route, event) = (&job.route, &job.event);
         {
             let mut keys = locked(&self.keys);
@@ -407,12 +451,14 @@ impl Delivery {
             state.spilled |= !queued.dead;
             state.generation += 1;
         }
+        // Bodies are serde_json output: always UTF-8, so this borrows.
+        let body = String::from_utf8_lossy(body);
         let row = Enqueue {
             subscription_id: route.subscription.id,
             event_id: &event.id,
             event_type: &event.event_type,
             row_key: &event.row_key,
-            body,
+            body: &body,
             attempts: queued.attempts,
             delay: queued.delay,
             last_error: queued.error,
@@ -490,6 +536,11 @@ impl Delivery {
             }
             Some(route) => {
                 let sub = self.sub(row.subscription_id);
+                if let Some(open) = sub.breaker.open() {
+                    // Not attempted while the endpoint is known unreachable.
+                    self.logged(self.queue.release(row.id, open.remaining).await);
+                    return;
+                }
                 let permit = tokio::select! {
                     permit = sub.permits.acquire() => permit.ok(),
                     _ = stop.cancelled() => None,
@@ -499,14 +550,17 @@ impl Delivery {
                     self.logged(self.queue.release(row.id, Duration::ZERO).await);
                     return;
                 }
-                let outcome = self
-                    .sender
-                    .send(&message(route, &row.event_id, &row.body))
-                    .await;
+                let message = Message {
+                    target: &route.target,
+                    id: &row.event_id,
+                    body: row.body.into(),
+                };
+                let outcome = self.sender.send(&message).await;
                 drop(permit);
                 match outcome {
                     Outcome::Delivered => {
                         sub.failing.store(false, Ordering::Release);
+                        sub.breaker.close();
                         self.logged(self.queue.record_success(row.subscription_id).await);
                         self.queue.delete(row.id).await
                     }
@@ -519,6 +573,15 @@ impl Delivery {
                     Outcome::Failed { error, retry_after } => {
                         self.failure(row.subscription_id, &error).await;
                         let delay = self.config.retry.next_delay(attempts as u32, retry_after);
+                        self.queue.failed(row.id, attempts, delay, &error).await
+                    }
+                    Outcome::Unreachable { error } => {
+                        let (open_for, opened) = sub.breaker.trip(&error, &self.config.retry);
+                        if opened {
+                            self.failure(row.subscription_id, &error).await;
+                        }
+                        let delay = self.config.retry.next_delay(attempts as u32, None);
+                        let delay = delay.map(|d| d.max(open_for));
                         self.queue.failed(row.id, attempts, delay, &error).await
                     }
                 }
@@ -542,17 +605,6 @@ impl Delivery {
                 keys.remove(&key);
             }
         }
-    }
-}
-
-fn message<'a>(route: &'a Route, id: &'a str, body: &'a str) -> Message<'a> {
-    let s = &route.subscription;
-    Message {
-        url: &s.target_url,
-        id,
-        body,
-        secret: &s.secret,
-        headers: &s.headers,
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! Stages: [`dispatcher`] (routing, per-row chains, watermark) → [`client`] (reqwest +
 //! [`guard`] + [`signing`]) → outcome by [`retry`] → done, or [`queue`] (the table) served by
-//! the retrier.
+//! the retrier. A subscription whose endpoint cannot be reached has its [`breaker`] opened:
+//! its events queue without attempts until the next probe.
 
+pub mod breaker;
 pub mod client;
 pub mod dispatcher;
 pub mod guard;

@@ -13,7 +13,13 @@ pub enum Outcome {
     Delivered,
     /// 410 Gone: deactivate the subscription, never retry.
     Gone,
-    /// Anything else: retry later (at least `retry_after` when the server said so).
+    /// The endpoint could not be reached (connect, DNS, TLS, timeout): retry later, and open
+    /// the subscription's circuit breaker.
+    Unreachable {
+        /// The transport error, for `last_error`.
+        error: String,
+    },
+    /// Any other failure: retry later (at least `retry_after` when the server said so).
     Failed {
         /// Status code or transport error, for `last_error`.
         error: String,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::store::{Subscription, WatchedTable};
+use crate::delivery::client::Target;
 use crate::events::Event;
 
 /// A subscription as routing keeps it.
@@ -22,6 +23,8 @@ use crate::events::Event;
 pub struct Route {
     /// The subscription row.
     pub subscription: Subscription,
+    /// Its target, prepared for sending.
+    pub target: Target,
     conditions: Vec<(String, Vec<Value>)>,
     expires_at_micros: Option<i64>,
 }
@@ -42,8 +45,14 @@ impl Route {
             _ => Vec::new(),
         };
         let expires_at_micros = subscription.expires_at.map(|t| t.timestamp_micros());
+        let target = Target::new(
+            &subscription.target_url,
+            &subscription.secret,
+            &subscription.headers,
+        );
         Route {
             subscription,
+            target,
             conditions,
             expires_at_micros,
         }
@@ -253,7 +262,7 @@ mod tests {
             noun: "orders".into(),
             verbs: vec!["created".into(), "updated".into(), "deleted".into()],
         };
-        Event::from_change(&change, &watch).unwrap()
+        Event::from_change(change, &watch).unwrap()
     }
 
     fn targets(index: &RoutingIndex, event: &Event) -> Vec<String> {

@@ -265,6 +265,88 @@ async fn timeouts_and_refusals_are_retried_then_dead_lettered_and_redelivered() 
 }
 
 #[tokio::test]
+async fn an_unreachable_endpoint_opens_the_breaker_its_events_queue_then_flow_in_order() {
+    let db = setup("deliver_breaker").await;
+    // A port nobody listens on yet: every connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    subscribe(&db, &format!("http://{addr}/hook"), "").await;
+    let delivery = "allow_private_targets = true\nretry_schedule_ms = [2000, 2000, 2000]";
+    let daemon = Daemon::start(&db, config(&db, delivery, &[])).await;
+    db.exec("INSERT INTO orders SELECT g, 'new', g FROM generate_series(1, 300) g")
+        .await;
+    db.exec("UPDATE orders SET status = 'paid' WHERE id <= 3")
+        .await;
+    let start = Instant::now();
+    while scalar::<i64>(&db, "SELECT count(*) FROM walhook.delivery_queue").await < 303 {
+        assert!(start.elapsed() < Duration::from_secs(10), "not all queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Only the attempts in flight when the first refusal came were made (at most
+    // max_in_flight = 16); every other event was held without an attempt, and the health
+    // statistics were written once.
+    let attempted: i64 = scalar(
+        &db,
+        "SELECT count(*) FROM walhook.delivery_queue WHERE attempts > 0",
+    )
+    .await;
+    assert!((1..=16).contains(&attempted), "{attempted} attempted");
+    let held: Vec<String> = db
+        .client
+        .query(
+            "SELECT DISTINCT last_error FROM walhook.delivery_queue WHERE attempts = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(held[0].starts_with("circuit open: connect:"), "{held:?}");
+    let failures: i32 = scalar(
+        &db,
+        "SELECT consecutive_failures FROM walhook.subscription_health",
+    )
+    .await;
+    assert_eq!(failures, 1);
+    // The endpoint comes up: after the breaker's delay everything arrives, each row's events
+    // in commit order, each event once.
+    let receiver = Receiver::start_on(&addr).await;
+    let got = receiver.wait_delivered(303, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 303);
+    let ids: std::collections::BTreeSet<&str> = got
+        .iter()
+        .map(|r| r.headers["webhook-id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 303, "each event once");
+    for id in 1..=3 {
+        let types: Vec<&str> = got
+            .iter()
+            .filter(|r| r.json["data"]["id"] == json!(id))
+            .map(|r| r.json["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["orders.created", "orders.updated"], "row {id}");
+    }
+    let start = Instant::now();
+    while scalar::<i64>(&db, "SELECT count(*) FROM walhook.delivery_queue").await > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "queue not emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failures: i32 = scalar(
+        &db,
+        "SELECT consecutive_failures FROM walhook.subscription_health",
+    )
+    .await;
+    assert_eq!(failures, 0);
+    daemon.stop().await;
+}
+
+#[tokio::test]
 async fn a_failing_row_holds_back_only_its_own_later_events() {
     let db = setup("deliver_order").await;
     let receiver = Receiver::start().await;

@@ -45,12 +45,16 @@ async fn watched_table_changes_become_spec_envelopes_routed_by_subscriptions() {
         let watch = index
             .watch(&change.table.schema, &change.table.name)
             .expect("watched");
-        let event = Event::from_change(change, watch).expect("verb produced");
+        let event = Event::from_change(change.clone(), watch).expect("verb produced");
         let targets: Vec<(String, Value)> = index
             .route(&event, now)
             .map(|r| {
                 let s = &r.subscription;
-                (s.target_url.clone(), event.envelope(s.context.as_deref()))
+                let body = event.body(s.context.as_deref());
+                (
+                    s.target_url.clone(),
+                    serde_json::from_slice(&body).expect("JSON body"),
+                )
             })
             .collect();
         bodies.push(targets);

@@ -38,7 +38,7 @@ fn created_order() -> Event {
         noun: "orders".into(),
         verbs: vec!["created".into()],
     };
-    Event::from_change(&change, &watch).unwrap()
+    Event::from_change(change, &watch).unwrap()
 }
 
 fn targets(live: &LiveRouting, event: &Event) -> Vec<String> {

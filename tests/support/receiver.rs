@@ -101,11 +101,16 @@ async fn hook(
 impl Receiver {
     /// Starts a receiver answering 200 at once.
     pub async fn start() -> Receiver {
+        Receiver::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts a receiver on `addr` (e.g. a port that refused connections until now).
+    pub async fn start_on(addr: &str) -> Receiver {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new()
             .route("/hook", post(hook))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Receiver { url, inner }
