@@ -36,12 +36,17 @@ struct Seen {
     latencies_us: Mutex<Vec<i64>>,
 }
 
+/// The one envelope field the receiver reads (the rest is skipped, not built).
+#[derive(serde::Deserialize)]
+struct Stamp<'a> {
+    timestamp: &'a str,
+}
+
 async fn receive(State(seen): State<Arc<Seen>>, body: Bytes) -> StatusCode {
     let now = chrono::Utc::now().timestamp_micros();
-    let event = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
-    let committed = event["timestamp"]
-        .as_str()
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let committed = serde_json::from_slice::<Stamp>(&body)
+        .ok()
+        .and_then(|e| chrono::DateTime::parse_from_rfc3339(e.timestamp).ok());
     if let Some(ts) = committed {
         seen.latencies_us
             .lock()
@@ -139,12 +144,39 @@ impl Bench {
         }
     }
 
+    /// One live-latency row: pgbench (full rate or `rate`), then waits for every delivery.
+    async fn live(&self, seconds: u64, rate: Option<u32>) -> Result<()> {
+        self.reset();
+        let (tps, done) = self.pgbench_at(seconds, 4, rate)?;
+        let ended = Instant::now();
+        self.wait_count(done, Duration::from_secs(120)).await;
+        let lag = ended.elapsed();
+        let mut lat = self.seen.latencies_us.lock().unwrap().clone();
+        lat.sort_unstable();
+        println!(
+            "| {} | {tps:.0} | {}/{done} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} s |",
+            rate.map_or("full".to_string(), |r| r.to_string()),
+            self.seen.count.load(Ordering::Relaxed),
+            pct(&lat, 0.5),
+            pct(&lat, 0.95),
+            pct(&lat, 0.99),
+            pct(&lat, 1.0),
+            lag.as_secs_f64()
+        );
+        Ok(())
+    }
+
     fn reset(&self) {
         self.seen.count.store(0, Ordering::Relaxed);
         self.seen.latencies_us.lock().unwrap().clear();
     }
 
+    /// pgbench single-row INSERTs for `seconds` on `clients`, at full rate or at `rate` TPS.
     fn pgbench(&self, seconds: u64, clients: u32) -> Result<(f64, u64)> {
+        self.pgbench_at(seconds, clients, None)
+    }
+
+    fn pgbench_at(&self, seconds: u64, clients: u32, rate: Option<u32>) -> Result<(f64, u64)> {
         let script = self.pg.root.join("insert.sql");
         std::fs::write(&script, "INSERT INTO bench (payload) VALUES ('live');\n")?;
         let out = Command::new(bindir().ok_or("no pgbench")?.join("pgbench"))
@@ -159,6 +191,7 @@ impl Bench {
                 "-f",
             ])
             .arg(&script)
+            .args(rate.map(|r| format!("--rate={r}")))
             .arg(&self.url)
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -315,10 +348,12 @@ async fn main() -> Result<()> {
     assert!(status.success(), "pg_recvlogical drain");
     b.reset();
     let start = Instant::now();
+    let receiver_before = cpu_secs(std::process::id());
     let mut walhook = b.walhook();
     let pid = walhook.id();
     let drain_time = b.wait_count(total, Duration::from_secs(600)).await;
     let drain_cpu = cpu_secs(pid);
+    let receiver_cpu = cpu_secs(std::process::id()) - receiver_before;
     let drain_rss = rss_peak_kb(pid);
     let _ = start;
     println!(
@@ -336,7 +371,7 @@ async fn main() -> Result<()> {
         total as f64 / drain_time.as_secs_f64()
     );
     println!(
-        "\nratio walhook/pg_recvlogical rate: {:.2} (target ≥ 0.50); walhook CPU {drain_cpu:.1} s; peak RSS {} MB\n",
+        "\nratio walhook/pg_recvlogical rate: {:.2} (target ≥ 0.50); walhook CPU {drain_cpu:.1} s, receiver CPU {receiver_cpu:.1} s; peak RSS {} MB\n",
         recv_time.as_secs_f64() / drain_time.as_secs_f64(),
         drain_rss / 1024
     );
@@ -347,30 +382,19 @@ async fn main() -> Result<()> {
     b.reset();
     let seconds = if b.quick { 5 } else { 30 };
     let cpu_before = cpu_secs(pid);
-    let (tps, done) = b.pgbench(seconds, 4)?;
-    let ended = Instant::now();
-    b.wait_count(done, Duration::from_secs(120)).await;
-    let lag = ended.elapsed();
-    let mut lat = b.seen.latencies_us.lock().unwrap().clone();
-    lat.sort_unstable();
     println!("## 2. Live latency (pgbench, 4 clients, single-row INSERT, {seconds} s)\n");
     println!(
-        "| pgbench TPS | delivered | p50 ms | p95 ms | p99 ms | max ms | final lag |\n|---|---|---|---|---|---|---|"
+        "| pgbench rate | TPS | delivered | p50 ms | p95 ms | p99 ms | max ms | final lag |\n|---|---|---|---|---|---|---|---|"
     );
-    println!(
-        "| {tps:.0} | {}/{done} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} s |",
-        b.seen.count.load(Ordering::Relaxed),
-        pct(&lat, 0.5),
-        pct(&lat, 0.95),
-        pct(&lat, 0.99),
-        pct(&lat, 1.0),
-        lag.as_secs_f64()
-    );
-    println!(
-        "\nwalhook CPU {:.1} s over the phase; peak RSS {} MB\n",
-        cpu_secs(pid) - cpu_before,
-        rss_peak_kb(pid) / 1024
-    );
+    b.live(seconds, None).await?;
+    let cpu_full = cpu_secs(pid) - cpu_before;
+    let rss_full = rss_peak_kb(pid) / 1024;
+    // The same at a fixed rate below walhook's capacity: the commit → 2xx path itself.
+    for rate in [1_000, 4_000] {
+        b.wait_quiet().await;
+        b.live(seconds, Some(rate)).await?;
+    }
+    println!("\nwalhook CPU {cpu_full:.1} s over the full-rate run; peak RSS {rss_full} MB\n");
 
     // 3. Write-path cost.
     let seconds = if b.quick { 3 } else { 10 };
@@ -399,7 +423,7 @@ async fn main() -> Result<()> {
     );
 
     // 4. Memory with the endpoint down: events queue in the table.
-    let queued = 100_000 / scale;
+    let queued = 1_000_000 / scale;
     b.client
         .batch_execute(
             "CREATE TABLE bench_down (id bigserial PRIMARY KEY, payload text);
@@ -428,12 +452,20 @@ async fn main() -> Result<()> {
         if n as u64 >= queued as u64 || start.elapsed() > Duration::from_secs(600) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let spill_time = start.elapsed();
-    println!("## 4. Endpoint down: {queued} events queued in the table\n");
+    let attempted: i64 = b
+        .client
+        .query_one(
+            "SELECT count(*) FROM walhook.delivery_queue WHERE attempts > 0",
+            &[],
+        )
+        .await?
+        .get(0);
+    println!("## 4. Endpoint down (connection refused): {queued} events queued in the table\n");
     println!(
-        "queued in {:.1} s ({:.0} events/s); walhook peak RSS {} MB\n",
+        "queued in {:.1} s ({:.0} events/s; {attempted} attempted, the rest held by the circuit breaker); walhook peak RSS {} MB\n",
         spill_time.as_secs_f64(),
         queued as f64 / spill_time.as_secs_f64(),
         rss_peak_kb(pid) / 1024

@@ -17,9 +17,11 @@
 //! - Each subscription has its own concurrency limit; a subscription with more than
 //!   `max_waiting` jobs in memory gets new ones queued instead, so a slow endpoint costs
 //!   neither memory nor other subscriptions' latency.
+//! - A subscription whose endpoint cannot be reached has its [`Breaker`] opened: its new
+//!   jobs are queued without an attempt until the breaker's probe time.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -74,12 +76,24 @@ struct KeyState {
     generation: u64,
 }
 
+/// Rows of one subscription tracked one by one as queued; beyond, the whole subscription is
+/// (memory stays bounded however many rows wait behind a dead endpoint).
+pub const MAX_QUEUED_ROWS_TRACKED: usize = 10_000;
+
 /// Per subscription limits.
 struct SubState {
     permits: Semaphore,
     in_memory: AtomicUsize,
     failing: AtomicBool,
     breaker: Breaker,
+    /// Rows marked queued (`KeyState::spilled`) in `keys`.
+    queued_rows: AtomicUsize,
+    /// Too many queued rows to track: every new job of the subscription queues behind them.
+    all_queued: AtomicBool,
+    /// Spills started and not yet committed.
+    spilling: AtomicUsize,
+    /// Bumped when a spill starts, so the retrier can tell whether one happened meanwhile.
+    spills: AtomicU64,
 }
 
 /// One delivery in memory.
@@ -155,27 +169,30 @@ impl Delivery {
         config: DeliveryConfig,
         queue: Queue,
     ) -> Result<Arc<Delivery>, super::queue::QueueError> {
-        let pending = queue.pending_keys().await?;
-        let keys = pending
-            .into_iter()
-            .map(|(sub, key)| {
-                (
-                    (sub, Arc::from(key.as_str())),
-                    KeyState {
-                        spilled: true,
-                        ..KeyState::default()
-                    },
-                )
-            })
-            .collect();
-        Ok(Arc::new(Delivery {
+        let pending = queue.pending_keys(MAX_QUEUED_ROWS_TRACKED).await?;
+        let delivery = Arc::new(Delivery {
             sender: Sender::new(config.timeout, config.allow_private_targets),
             config,
             queue,
-            keys: Mutex::new(keys),
+            keys: Mutex::new(HashMap::new()),
             subs: Mutex::new(HashMap::new()),
             draining: CancellationToken::new(),
-        }))
+        });
+        for (sub, key) in pending {
+            let state = delivery.sub(sub);
+            match key {
+                Some(key) => {
+                    state.queued_rows.fetch_add(1, Ordering::AcqRel);
+                    let queued = KeyState {
+                        spilled: true,
+                        ..KeyState::default()
+                    };
+                    locked(&delivery.keys).insert((sub, Arc::from(key.as_str())), queued);
+                }
+                None => state.all_queued.store(true, Ordering::Release),
+            }
+        }
+        Ok(delivery)
     }
 
     fn sub(&self, id: Uuid) -> Arc<SubState> {
@@ -187,6 +204,10 @@ impl Delivery {
                     in_memory: AtomicUsize::new(0),
                     failing: AtomicBool::new(false),
                     breaker: Breaker::default(),
+                    queued_rows: AtomicUsize::new(0),
+                    all_queued: AtomicBool::new(false),
+                    spilling: AtomicUsize::new(0),
+                    spills: AtomicU64::new(0),
                 })
             })
             .clone()
@@ -282,7 +303,7 @@ impl Delivery {
         let state = keys.entry(key.clone()).or_default();
         let prev = state.tail.replace(rx);
         state.in_memory += 1;
-        let queue_only = state.spilled || overloaded;
+        let queue_only = state.spilled || overloaded || sub.all_queued.load(Ordering::Acquire);
         Job {
             route,
             event,
@@ -445,12 +466,10 @@ impl Delivery {
     /// acknowledged before), and marks its row as queued.
     async fn spill(&self, job: &Job, body: &[u8], queued: Queued<'_>) {
         let (route, event) = (&job.route, &job.event);
-        {
-            let mut keys = locked(&self.keys);
-            let state = keys.entry(job.key.clone()).or_default();
-            state.spilled |= !queued.dead;
-            state.generation += 1;
-        }
+        let sub = self.sub(route.subscription.id);
+        sub.spilling.fetch_add(1, Ordering::AcqRel);
+        sub.spills.fetch_add(1, Ordering::AcqRel);
+        self.mark_queued(&sub, &job.key, !queued.dead);
         // Bodies are serde_json output: always UTF-8, so this borrows.
         let body = String::from_utf8_lossy(body);
         let row = Enqueue {
@@ -469,6 +488,34 @@ impl Delivery {
             tracing::error!(error = %e, event = %event.id, "cannot queue event; retrying (its LSN stays unacknowledged)");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
+        }
+        sub.spilling.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Marks a job's row as having queued events (`pending`), so its later events queue
+    /// behind. Past [`MAX_QUEUED_ROWS_TRACKED`] rows, the subscription is marked as a whole
+    /// and its per-row marks are dropped.
+    fn mark_queued(&self, sub: &SubState, key: &Key, pending: bool) {
+        let mut keys = locked(&self.keys);
+        if sub.all_queued.load(Ordering::Acquire) {
+            return;
+        }
+        let state = keys.entry(key.clone()).or_default();
+        state.generation += 1;
+        if !pending || state.spilled {
+            return;
+        }
+        state.spilled = true;
+        if sub.queued_rows.fetch_add(1, Ordering::AcqRel) + 1 > MAX_QUEUED_ROWS_TRACKED {
+            sub.all_queued.store(true, Ordering::Release);
+            sub.queued_rows.store(0, Ordering::Release);
+            keys.retain(|(id, _), state| {
+                if *id != key.0 {
+                    return true;
+                }
+                state.spilled = false;
+                state.in_memory > 0
+            });
         }
     }
 
@@ -507,6 +554,8 @@ impl Delivery {
         routing: LiveRouting,
         stop: CancellationToken,
     ) {
+        let sub = self.sub(row.subscription_id);
+        let spills = sub.spills.load(Ordering::Acquire);
         let key: Key = (row.subscription_id, Arc::from(row.row_key.as_str()));
         let generation = {
             let keys = locked(&self.keys);
@@ -535,7 +584,6 @@ impl Delivery {
                     .await
             }
             Some(route) => {
-                let sub = self.sub(row.subscription_id);
                 if let Some(open) = sub.breaker.open() {
                     // Not attempted while the endpoint is known unreachable.
                     self.logged(self.queue.release(row.id, open.remaining).await);
@@ -601,9 +649,23 @@ impl Delivery {
             if keys
                 .get(&key)
                 .is_some_and(|s| s.in_memory == 0 && s.generation == generation)
+                && keys.remove(&key).is_some_and(|s| s.spilled)
             {
-                keys.remove(&key);
+                sub.queued_rows.fetch_sub(1, Ordering::AcqRel);
             }
+        }
+        // A subscription marked as a whole returns to the fast path once nothing of it is
+        // queued and no spill started or is still being written meanwhile.
+        let quiet = |sub: &SubState| {
+            sub.spilling.load(Ordering::Acquire) == 0
+                && sub.spills.load(Ordering::Acquire) == spills
+        };
+        if sub.all_queued.load(Ordering::Acquire)
+            && quiet(&sub)
+            && let Ok(false) = self.queue.any_pending(row.subscription_id).await
+            && quiet(&sub)
+        {
+            sub.all_queued.store(false, Ordering::Release);
         }
     }
 }

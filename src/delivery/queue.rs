@@ -99,8 +99,8 @@ struct Count {
 struct KeyRow {
     #[diesel(sql_type = SqlUuid)]
     subscription_id: Uuid,
-    #[diesel(sql_type = Text)]
-    row_key: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    row_key: Option<String>,
 }
 
 /// The queue, over a pool.
@@ -296,6 +296,19 @@ impl Queue {
         Ok(())
     }
 
+    /// Whether a subscription has pending rows at all.
+    pub async fn any_pending(&self, subscription: Uuid) -> Result<bool, QueueError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<Count> = diesel::sql_query(
+            "SELECT count(*) AS n FROM (SELECT 1 FROM walhook.delivery_queue \
+             WHERE subscription_id = $1 AND status = 'pending' LIMIT 1) p",
+        )
+        .bind::<SqlUuid, _>(subscription)
+        .load(&mut conn)
+        .await?;
+        Ok(rows.into_iter().next().is_some_and(|c| c.n > 0))
+    }
+
     /// Pending rows of one (subscription, row).
     pub async fn pending_for(&self, subscription: Uuid, row_key: &str) -> Result<i64, QueueError> {
         let mut conn = self.conn().await?;
@@ -311,11 +324,17 @@ impl Queue {
     }
 
     /// Every (subscription, row) with pending rows: at start these rows must wait behind them.
-    pub async fn pending_keys(&self) -> Result<Vec<(Uuid, String)>, QueueError> {
+    /// A subscription with more than `max_rows` such rows comes back once, without a row
+    /// (`None`: all its rows wait).
+    pub async fn pending_keys(
+        &self,
+        max_rows: usize,
+    ) -> Result<Vec<(Uuid, Option<String>)>, QueueError> {
         let mut conn = self.conn().await?;
         let rows: Vec<KeyRow> = diesel::sql_query(
-            "SELECT DISTINCT subscription_id, row_key FROM walhook.delivery_queue WHERE status = 'pending'",
+            "WITH k AS (SELECT DISTINCT subscription_id, row_key FROM walhook.delivery_queue                         WHERE status = 'pending'),                   n AS (SELECT subscription_id, count(*) AS rows FROM k GROUP BY subscription_id)              SELECT k.subscription_id, k.row_key FROM k JOIN n USING (subscription_id) WHERE n.rows <= $1              UNION ALL SELECT subscription_id, NULL FROM n WHERE n.rows > $1",
         )
+        .bind::<BigInt, _>(max_rows as i64)
         .load(&mut conn)
         .await?;
         Ok(rows

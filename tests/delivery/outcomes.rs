@@ -347,6 +347,63 @@ async fn an_unreachable_endpoint_opens_the_breaker_its_events_queue_then_flow_in
 }
 
 #[tokio::test]
+async fn more_rows_queued_than_tracked_keep_their_order_across_a_restart() {
+    use walhook::delivery::dispatcher::MAX_QUEUED_ROWS_TRACKED;
+    let db = setup("deliver_many_queued").await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    subscribe(&db, &format!("http://{addr}/hook"), "").await;
+    let delivery = "allow_private_targets = true\nretry_schedule_ms = [1500, 1500, 1500]";
+    let rows = MAX_QUEUED_ROWS_TRACKED as i64 + 500;
+    let wait_queued = |n: i64| {
+        let db = &db;
+        async move {
+            let start = Instant::now();
+            while scalar::<i64>(db, "SELECT count(*) FROM walhook.delivery_queue").await < n {
+                assert!(start.elapsed() < Duration::from_secs(30), "not all queued");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // Past the tracking limit the subscription is marked as a whole: later events of rows
+    // queued before still wait behind them.
+    let daemon = Daemon::start(&db, config(&db, delivery, &[])).await;
+    db.exec(&format!(
+        "INSERT INTO orders SELECT g, 'new', 1 FROM generate_series(1, {rows}) g"
+    ))
+    .await;
+    db.exec(&format!(
+        "UPDATE orders SET status = 'paid' WHERE id IN (1, {rows})"
+    ))
+    .await;
+    wait_queued(rows + 2).await;
+    daemon.stop().await;
+    // A restart finds more queued rows than it tracks: the same holds from the start.
+    let daemon = Daemon::start(&db, config(&db, delivery, &[])).await;
+    db.exec(&format!(
+        "UPDATE orders SET status = 'shipped' WHERE id IN (1, {rows})"
+    ))
+    .await;
+    wait_queued(rows + 4).await;
+    let receiver = Receiver::start_on(&addr).await;
+    let total = rows as usize + 4;
+    let got = receiver
+        .wait_delivered(total, Duration::from_secs(60))
+        .await;
+    assert_eq!(got.len(), total);
+    for id in [1, rows] {
+        let statuses: Vec<&str> = got
+            .iter()
+            .filter(|r| r.json["data"]["id"] == json!(id))
+            .map(|r| r.json["data"]["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(statuses, ["new", "paid", "shipped"], "row {id}");
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test]
 async fn a_failing_row_holds_back_only_its_own_later_events() {
     let db = setup("deliver_order").await;
     let receiver = Receiver::start().await;
