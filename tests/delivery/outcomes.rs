@@ -35,6 +35,15 @@ async fn subscribe(db: &TestDb, url: &str, extra: &str) {
     .await;
 }
 
+/// Subscribes a port nobody listens on yet (every connection refused); returns its address.
+async fn subscribe_refused(db: &TestDb) -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    subscribe(db, &format!("http://{addr}/hook"), "").await;
+    addr
+}
+
 async fn scalar<T: for<'a> tokio_postgres::types::FromSql<'a>>(db: &TestDb, sql: &str) -> T {
     db.client.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -267,11 +276,7 @@ async fn timeouts_and_refusals_are_retried_then_dead_lettered_and_redelivered() 
 #[tokio::test]
 async fn an_unreachable_endpoint_opens_the_breaker_its_events_queue_then_flow_in_order() {
     let db = setup("deliver_breaker").await;
-    // A port nobody listens on yet: every connection is refused.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = closed.local_addr().unwrap().to_string();
-    drop(closed);
-    subscribe(&db, &format!("http://{addr}/hook"), "").await;
+    let addr = subscribe_refused(&db).await;
     let delivery = "allow_private_targets = true\nretry_schedule_ms = [2000, 2000, 2000]";
     let daemon = Daemon::start(&db, config(&db, delivery, &[])).await;
     db.exec("INSERT INTO orders SELECT g, 'new', g FROM generate_series(1, 300) g")
@@ -350,10 +355,7 @@ async fn an_unreachable_endpoint_opens_the_breaker_its_events_queue_then_flow_in
 async fn more_rows_queued_than_tracked_keep_their_order_across_a_restart() {
     use walhook::delivery::dispatcher::MAX_QUEUED_ROWS_TRACKED;
     let db = setup("deliver_many_queued").await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = closed.local_addr().unwrap().to_string();
-    drop(closed);
-    subscribe(&db, &format!("http://{addr}/hook"), "").await;
+    let addr = subscribe_refused(&db).await;
     let delivery = "allow_private_targets = true\nretry_schedule_ms = [1500, 1500, 1500]";
     let rows = MAX_QUEUED_ROWS_TRACKED as i64 + 500;
     let wait_queued = |n: i64| {
