@@ -202,7 +202,8 @@ impl Delivery {
                 Arc::new(SubState {
                     permits: Semaphore::new(self.config.max_in_flight.max(1)),
                     in_memory: AtomicUsize::new(0),
-                    failing: AtomicBool::new(false),
+                    // Unknown at start: the first success records itself (once).
+                    failing: AtomicBool::new(true),
                     breaker: Breaker::default(),
                     queued_rows: AtomicUsize::new(0),
                     all_queued: AtomicBool::new(false),
@@ -607,9 +608,10 @@ impl Delivery {
                 drop(permit);
                 match outcome {
                     Outcome::Delivered => {
-                        sub.failing.store(false, Ordering::Release);
-                        sub.breaker.close();
-                        self.logged(self.queue.record_success(row.subscription_id).await);
+                        if sub.failing.swap(false, Ordering::AcqRel) {
+                            sub.breaker.close();
+                            self.logged(self.queue.record_success(row.subscription_id).await);
+                        }
                         self.queue.delete(row.id).await
                     }
                     Outcome::Gone => {
@@ -639,11 +641,13 @@ impl Delivery {
             tracing::warn!(error = %e, "updating a queued delivery failed; its lease expires and it is retried");
             return;
         }
-        // When the row has nothing left in the table, new jobs may go in memory again.
-        if let Ok(0) = self
-            .queue
-            .pending_for(row.subscription_id, &row.row_key)
-            .await
+        // When the row has nothing left in the table, new jobs may go in memory again (rows
+        // of a subscription marked as a whole have no marks of their own).
+        if !sub.all_queued.load(Ordering::Acquire)
+            && let Ok(0) = self
+                .queue
+                .pending_for(row.subscription_id, &row.row_key)
+                .await
         {
             let mut keys = locked(&self.keys);
             if keys

@@ -157,15 +157,21 @@ impl Receiver {
     pub async fn wait_delivered(&self, n: usize, wait: Duration) -> Vec<Received> {
         let start = Instant::now();
         loop {
-            let delivered = self.delivered();
-            if delivered.len() >= n {
-                return delivered;
+            // Counted under the lock, not cloned: polling must not slow the receiver down.
+            let (delivered, requests) = {
+                let inner = self.inner.lock().unwrap();
+                let ok = |r: &&Received| (200..300).contains(&r.status);
+                (
+                    inner.requests.iter().filter(ok).count(),
+                    inner.requests.len(),
+                )
+            };
+            if delivered >= n {
+                return self.delivered();
             }
             assert!(
                 start.elapsed() < wait,
-                "{} of {n} deliveries after {wait:?} ({} requests)",
-                delivered.len(),
-                self.requests().len()
+                "{delivered} of {n} deliveries after {wait:?} ({requests} requests)"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
