@@ -66,6 +66,17 @@ struct Bench {
     seen: Arc<Seen>,
     hook: String,
     quick: bool,
+    /// The newest `walhook run` started, watched while waiting for deliveries.
+    walhook_pid: std::sync::atomic::AtomicU32,
+}
+
+/// Whether a child process has exited (a zombie until waited for) or is gone.
+fn exited(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .is_none_or(|state| state == "Z")
 }
 
 fn rss_peak_kb(pid: u32) -> u64 {
@@ -114,12 +125,23 @@ impl Bench {
             .stdout(Stdio::null())
             .spawn()
             .expect("start walhook");
+        self.walhook_pid.store(child.id(), Ordering::Relaxed);
         Walhook(child)
+    }
+
+    /// Fails the run when the newest `walhook run` has exited (e.g. refused its config).
+    fn check_running(&self) {
+        let pid = self.walhook_pid.load(Ordering::Relaxed);
+        assert!(
+            !exited(pid),
+            "walhook exited early (its error is printed above)"
+        );
     }
 
     async fn wait_streaming(&self) -> Result<()> {
         let sql = "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'walhook' AND active";
         while self.client.query_opt(sql, &[]).await?.is_none() {
+            self.check_running();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
@@ -128,6 +150,7 @@ impl Bench {
     async fn wait_count(&self, n: u64, limit: Duration) -> Duration {
         let start = Instant::now();
         while self.seen.count.load(Ordering::Relaxed) < n && start.elapsed() < limit {
+            self.check_running();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         start.elapsed()
@@ -286,6 +309,7 @@ async fn main() -> Result<()> {
         seen,
         hook,
         quick,
+        walhook_pid: Default::default(),
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
