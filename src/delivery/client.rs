@@ -34,7 +34,7 @@ impl Target {
             }
         }
         Target {
-            url: reqwest::Url::parse(url).map_err(|e| format!("invalid target URL: {e}")),
+            url: parse_url(url),
             key: Key::parse(secret),
             headers: extra,
         }
@@ -81,7 +81,7 @@ impl Sender {
 
     /// Parses a target URL and refuses forbidden IP literals (names are checked on connect).
     fn target(&self, url: &str) -> Result<reqwest::Url, String> {
-        let url = reqwest::Url::parse(url).map_err(|e| format!("invalid target URL: {e}"))?;
+        let url = parse_url(url)?;
         self.allowed(&url)?;
         Ok(url)
     }
@@ -184,6 +184,11 @@ impl Sender {
             Err(e) => failed(transport_error(&e)),
         }
     }
+}
+
+/// Parses a target URL, naming the problem.
+fn parse_url(url: &str) -> Result<reqwest::Url, String> {
+    reqwest::Url::parse(url).map_err(|e| format!("invalid target URL: {e}"))
 }
 
 /// The most specific cause of a transport error (timeout, refused, DNS, SSRF guard).

@@ -399,11 +399,10 @@ impl Delivery {
                 true
             }
             Outcome::Unreachable { error } => {
-                sub.failing.store(true, Ordering::Release);
                 let (open_for, opened) = sub.breaker.trip(&error, &self.config.retry);
                 if opened {
                     tracing::warn!(subscription = %id, error = %error, "endpoint unreachable; holding its events for {open_for:?}");
-                    self.failure(id, &error).await;
+                    self.failure(sub, id, &error).await;
                 }
                 let queued = Queued {
                     attempts: 1,
@@ -426,8 +425,7 @@ impl Delivery {
                 false
             }
             Outcome::Failed { error, retry_after } => {
-                sub.failing.store(true, Ordering::Release);
-                self.failure(id, &error).await;
+                self.failure(sub, id, &error).await;
                 let delay = self.config.retry.next_delay(1, retry_after);
                 let queued = Queued {
                     attempts: 1,
@@ -446,7 +444,9 @@ impl Delivery {
         self.logged(self.queue.deactivate(id, "target answered 410 Gone").await);
     }
 
-    async fn failure(&self, id: Uuid, error: &str) {
+    /// Records a failure in the health statistics; the next success records itself.
+    async fn failure(&self, sub: &SubState, id: Uuid, error: &str) {
+        sub.failing.store(true, Ordering::Release);
         let disabled = self
             .queue
             .record_failure(id, error, self.config.disable_after)
@@ -621,14 +621,14 @@ impl Delivery {
                             .await
                     }
                     Outcome::Failed { error, retry_after } => {
-                        self.failure(row.subscription_id, &error).await;
+                        self.failure(&sub, row.subscription_id, &error).await;
                         let delay = self.config.retry.next_delay(attempts as u32, retry_after);
                         self.queue.failed(row.id, attempts, delay, &error).await
                     }
                     Outcome::Unreachable { error } => {
                         let (open_for, opened) = sub.breaker.trip(&error, &self.config.retry);
                         if opened {
-                            self.failure(row.subscription_id, &error).await;
+                            self.failure(&sub, row.subscription_id, &error).await;
                         }
                         let delay = self.config.retry.next_delay(attempts as u32, None);
                         let delay = delay.map(|d| d.max(open_for));
