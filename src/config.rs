@@ -51,6 +51,9 @@ pub struct DeliverySection {
     pub max_waiting_per_subscription: usize,
     /// Jobs in memory overall before capture pauses.
     pub max_outstanding: usize,
+    /// Longest an event waits in memory (for a slot or its endpoint) before it is written to
+    /// the queue table, so its transaction can be acknowledged (milliseconds).
+    pub max_hold_ms: u64,
     /// Retry delays in milliseconds.
     pub retry_schedule_ms: Vec<u64>,
     /// Disable after failing this long without success (seconds).
@@ -175,12 +178,14 @@ impl Config {
         )?;
         positive("delivery.max_outstanding", d.max_outstanding as u64)?;
         positive("delivery.retry_poll_ms", d.retry_poll_ms)?;
+        positive("delivery.max_hold_ms", d.max_hold_ms)?;
         Ok(DeliveryConfig {
             timeout: Duration::from_millis(d.timeout_ms),
             allow_private_targets: d.allow_private_targets,
             max_in_flight: d.max_in_flight_per_subscription,
             max_waiting: d.max_waiting_per_subscription,
             max_outstanding: d.max_outstanding,
+            max_hold: Duration::from_millis(d.max_hold_ms),
             retry: RetryPolicy {
                 schedule: d
                     .retry_schedule_ms

@@ -112,16 +112,7 @@ impl LocalPostgres {
              host all all 127.0.0.1/32 trust\n",
         )
         .map_err(step("write pg_hba.conf"))?;
-        let log_path = root.join("postgres.log");
-        let log = std::fs::File::create(&log_path).map_err(step("create log"))?;
-        give(&log_path, owner)?;
-        let child = command(&bindir.join("postgres"), owner)
-            .arg("-D")
-            .arg(&data)
-            .stdout(log.try_clone().map_err(step("open log"))?)
-            .stderr(log)
-            .spawn()
-            .map_err(step("start postgres"))?;
+        let child = spawn_postgres(&root, owner)?;
         Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -149,6 +140,24 @@ impl LocalPostgres {
     /// Superuser URL of `database` on this server.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Stops the server with a fast shutdown (what `pg_ctl restart -m fast` does) and starts
+    /// it again on the same port and data; returns how long the shutdown took. Blocking.
+    pub fn restart_fast(&mut self) -> Result<Duration, LocalPgError> {
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child
+            .wait()
+            .map_err(step("wait for the fast shutdown"))?;
+        let shutdown = started.elapsed();
+        let _ = std::fs::remove_file(self.root.join("data/postmaster.pid"));
+        self.child = spawn_postgres(&self.root, run_as()?)?;
+        self.wait_ready()?;
+        Ok(shutdown)
     }
 
     /// The postmaster writes "ready" into line 8 of `postmaster.pid` once it accepts
@@ -202,6 +211,26 @@ pub fn bindir() -> Option<PathBuf> {
         version.and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
     });
     candidates.into_iter().rev().find(|dir| has_server(dir))
+}
+
+/// Starts the postmaster on `root`'s data directory, logging to `root/postgres.log`
+/// (appended to, across restarts).
+fn spawn_postgres(root: &Path, owner: Option<(u32, u32)>) -> Result<Child, LocalPgError> {
+    let bindir = bindir().ok_or(LocalPgError::NoBinaries)?;
+    let log_path = root.join("postgres.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(step("open log"))?;
+    give(&log_path, owner)?;
+    command(&bindir.join("postgres"), owner)
+        .arg("-D")
+        .arg(root.join("data"))
+        .stdout(log.try_clone().map_err(step("open log"))?)
+        .stderr(log)
+        .spawn()
+        .map_err(step("start postgres"))
 }
 
 /// uid/gid of the `postgres` user when we are root.

@@ -37,7 +37,8 @@ pub struct CaptureConfig {
     pub publication: String,
     /// Tables (`table` or `schema.table`) to add to the publication when missing.
     pub tables: Vec<String>,
-    /// How often to send standby status updates (well under `wal_sender_timeout`).
+    /// How often to report a moved position (coalesced standby status updates; well under
+    /// `wal_sender_timeout`).
     pub status_interval: Duration,
     /// Messages buffered between the stream and its consumer.
     pub channel_capacity: usize,
@@ -55,7 +56,7 @@ impl CaptureConfig {
             slot: "walhook".into(),
             publication: "walhook".into(),
             tables: Vec::new(),
-            status_interval: Duration::from_secs(1),
+            status_interval: Duration::from_millis(150),
             channel_capacity: 1024,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),

@@ -12,7 +12,11 @@
 //!   transaction it made durable), never more — except when nothing is in flight (no open
 //!   transaction, every forwarded commit acknowledged): then the last keepalive's WAL end is
 //!   confirmed, so writes to unwatched tables do not pin WAL.
-//! - Status updates go out on a timer and when the server asks, not for every keepalive.
+//! - Status updates go out on a timer (`status_interval`, 150 ms by default) when the
+//!   position moved — so a moving acknowledgement reaches the server within a fraction of a
+//!   second, coalesced — as a heartbeat every 10 s, and when the server asks; never per
+//!   keepalive. The last one goes out on every clean stop, including when the consumer
+//!   stopped first.
 //! - After any connection loss the session restarts from the acknowledged LSN; a transaction
 //!   cut in half is sent again from its Begin with the same positions.
 
@@ -161,8 +165,17 @@ impl<'a> Session<'a> {
                 }
                 Wake::Tick => self.report(&mut conn, decoder, false).await?,
                 Wake::Data(Ok(Some(data))) => {
-                    self.handle(&mut conn, decoder, catalog, data, &mut timer)
-                        .await?;
+                    let handled = self
+                        .handle(&mut conn, decoder, catalog, data, &mut timer)
+                        .await;
+                    if let Err(CaptureError::ConsumerGone) = handled {
+                        // The consumer stopped while we waited to hand it more: confirm
+                        // what it acknowledged last, so a restart repeats nothing.
+                        self.report(&mut conn, decoder, true).await?;
+                        conn.terminate().await;
+                        return Err(CaptureError::ConsumerGone);
+                    }
+                    handled?;
                 }
                 Wake::Data(Ok(None)) => {
                     return Err(CaptureError::Io(std::io::Error::new(

@@ -66,6 +66,27 @@ pub struct Enqueue<'a> {
     pub dead: bool,
 }
 
+/// Which queued row an update is for.
+#[derive(Debug, Clone, Copy)]
+pub enum RowRef<'a> {
+    /// By id: a row the retrier claimed.
+    Id(i64),
+    /// By subscription and event id: the row a job spilled while its attempt was in flight.
+    Event(Uuid, &'a str),
+}
+
+impl RowRef<'_> {
+    /// The condition, over binds `$1` (id), `$2` (subscription), `$3` (event id).
+    const WHERE: &'static str = "(id = $1 OR (subscription_id = $2 AND event_id = $3))";
+
+    fn binds(&self) -> (Option<i64>, Option<Uuid>, Option<&str>) {
+        match *self {
+            RowRef::Id(id) => (Some(id), None, None),
+            RowRef::Event(subscription, event) => (None, Some(subscription), Some(event)),
+        }
+    }
+}
+
 /// A claimed queue row.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct Claimed {
@@ -250,30 +271,40 @@ impl Queue {
     }
 
     /// Removes a delivered row.
-    pub async fn delete(&self, id: i64) -> Result<(), QueueError> {
+    pub async fn delete(&self, row: RowRef<'_>) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
-        diesel::sql_query("DELETE FROM walhook.delivery_queue WHERE id = $1")
-            .bind::<BigInt, _>(id)
-            .execute(&mut conn)
-            .await?;
+        let (id, subscription, event) = row.binds();
+        diesel::sql_query(format!(
+            "DELETE FROM walhook.delivery_queue WHERE {}",
+            RowRef::WHERE
+        ))
+        .bind::<Nullable<BigInt>, _>(id)
+        .bind::<Nullable<SqlUuid>, _>(subscription)
+        .bind::<Nullable<Text>, _>(event)
+        .execute(&mut conn)
+        .await?;
         Ok(())
     }
 
     /// Records a failed attempt: retry after `delay`, or dead when `delay` is `None`.
     pub async fn failed(
         &self,
-        id: i64,
+        row: RowRef<'_>,
         attempts: i32,
         delay: Option<Duration>,
         error: &str,
     ) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
-        diesel::sql_query(
-            "UPDATE walhook.delivery_queue SET attempts = $2, last_error = $3, \
-             status = CASE WHEN $4 THEN 'pending' ELSE 'dead' END, \
-             next_attempt_at = now() + make_interval(secs => $5) WHERE id = $1",
-        )
-        .bind::<BigInt, _>(id)
+        let (id, subscription, event) = row.binds();
+        diesel::sql_query(format!(
+            "UPDATE walhook.delivery_queue SET attempts = $4, last_error = $5, \
+             status = CASE WHEN $6 THEN 'pending' ELSE 'dead' END, \
+             next_attempt_at = now() + make_interval(secs => $7) WHERE {}",
+            RowRef::WHERE
+        ))
+        .bind::<Nullable<BigInt>, _>(id)
+        .bind::<Nullable<SqlUuid>, _>(subscription)
+        .bind::<Nullable<Text>, _>(event)
         .bind::<Integer, _>(attempts)
         .bind::<Text, _>(error)
         .bind::<diesel::sql_types::Bool, _>(delay.is_some())

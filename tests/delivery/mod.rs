@@ -2,5 +2,7 @@
 
 mod crash;
 mod demo;
+mod hold;
 mod outcomes;
+mod shutdown;
 mod ssrf;

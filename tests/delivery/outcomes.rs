@@ -353,7 +353,7 @@ async fn an_unreachable_endpoint_opens_the_breaker_its_events_queue_then_flow_in
 
 #[tokio::test]
 async fn more_rows_queued_than_tracked_keep_their_order_across_a_restart() {
-    use walhook::delivery::dispatcher::MAX_QUEUED_ROWS_TRACKED;
+    use walhook::delivery::MAX_QUEUED_ROWS_TRACKED;
     let db = setup("deliver_many_queued").await;
     let addr = subscribe_refused(&db).await;
     let delivery = "allow_private_targets = true\nretry_schedule_ms = [1500, 1500, 1500]";

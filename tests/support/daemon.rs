@@ -90,14 +90,15 @@ impl Daemon {
 }
 
 /// `walhook run` as a child process on `db` (slot and publication named after it, fast
-/// status updates and retries, private targets allowed, no API), with `extra` environment.
+/// retries, private targets allowed, no API), with `extra` environment. Status updates
+/// follow the default (150 ms) unless the test process's environment sets
+/// `WALHOOK_CAPTURE__STATUS_INTERVAL_MS` (how docs/delivery.md's duplicate figures were made).
 pub fn spawn_walhook(db: &TestDb, extra: &[(&str, &str)]) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_walhook"))
         .arg("run")
         .env("WALHOOK_DATABASE_URL", &db.url)
         .env("WALHOOK_CAPTURE__SLOT", &db.name)
         .env("WALHOOK_CAPTURE__PUBLICATION", &db.name)
-        .env("WALHOOK_CAPTURE__STATUS_INTERVAL_MS", "100")
         .env("WALHOOK_DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
         .env("WALHOOK_DELIVERY__RETRY_POLL_MS", "50")
         .env("WALHOOK_API__ENABLED", "false")

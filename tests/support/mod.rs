@@ -65,6 +65,18 @@ pub fn replica_server() -> &'static Server {
     SERVER.get_or_init(|| start_local_with("replica"))
 }
 
+impl Server {
+    /// A server of this test's own (e.g. one the test restarts).
+    pub fn of(pg: &LocalPostgres) -> Server {
+        Server {
+            base_url: format!("postgres://postgres@127.0.0.1:{}", pg.port),
+            host: "127.0.0.1".into(),
+            port: pg.port,
+            tls: pg.tls,
+        }
+    }
+}
+
 fn start_local() -> Server {
     start_local_with("logical")
 }
@@ -115,7 +127,8 @@ impl TestDb {
         TestDb::on(replica_server(), test).await
     }
 
-    async fn on(server: &Server, test: &str) -> TestDb {
+    /// Creates a database named after the test on `server`.
+    pub async fn on(server: &Server, test: &str) -> TestDb {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "t_{}_{}",
@@ -156,6 +169,18 @@ impl TestDb {
             .batch_execute(sql)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Whether the slot named after this database exists and is streaming.
+    pub async fn slot_active(&self) -> bool {
+        self.client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&self.name],
+            )
+            .await
+            .unwrap()
+            .is_some()
     }
 
     /// The slot's `confirmed_flush_lsn` and the server's `pg_current_wal_lsn()`, as bytes.
