@@ -25,13 +25,13 @@ async fn connect_as(db: &TestDb, role: &str) -> tokio_postgres::Client {
 
 /// The URL of `db` for `role` (password `pw`) on the server `db` lives on.
 fn role_url(db: &TestDb, role: &str) -> String {
-    let port: u16 = db
-        .url
-        .rsplit_once(':')
-        .and_then(|(_, rest)| rest.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(server().port);
-    format!("postgres://{role}:pw@127.0.0.1:{port}/{}", db.name)
+    let config: tokio_postgres::Config = db.url.parse().expect("test URLs parse");
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => server().host.clone(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(server().port);
+    format!("postgres://{role}:pw@{host}:{port}/{}", db.name)
 }
 
 /// The SQLSTATE and message of a statement that must fail.
