@@ -1,10 +1,19 @@
 -- walhook's SQL admin surface: validation, watch/unwatch, subscribe/unsubscribe, redeliver,
 -- change notifications and views. Installed (idempotently) by `walhook migrate` after the
 -- diesel migrations; every statement is CREATE OR REPLACE or guarded.
+--
+-- Every function pins `search_path = pg_catalog, pg_temp` and names walhook's own objects
+-- `walhook.…`, so no function, operator or table another role plants in a schema of the
+-- caller's search path (CVE-2018-1058) ever runs inside them. The views below are parsed
+-- under the same path, set for this session first.
+
+SET search_path = pg_catalog, pg_temp;
 
 -- Event patterns: `noun.verb`, `noun.*`, `*.verb`, `*`.
 CREATE OR REPLACE FUNCTION walhook.event_pattern_valid(pattern text) RETURNS boolean
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
     SELECT pattern = '*'
         OR pattern ~ '^([a-z][a-z0-9_]*|\*)\.(created|updated|deleted|truncated|\*)$'
 $$;
@@ -12,47 +21,241 @@ $$;
 -- A fresh signing secret: `whsec_` + base64 of 32 strong random bytes (two v4 UUIDs come
 -- from pg_strong_random).
 CREATE OR REPLACE FUNCTION walhook.new_secret() RETURNS text
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
     SELECT 'whsec_' || encode(decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex'), 'base64')
 $$;
 
--- Whether an address is refused as a webhook target (same ranges as src/delivery/guard.rs).
-CREATE OR REPLACE FUNCTION walhook.address_forbidden(a inet) RETURNS boolean
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT a <<= ANY ('{0.0.0.0/8,10.0.0.0/8,100.64.0.0/10,127.0.0.0/8,169.254.0.0/16,172.16.0.0/12,192.0.0.0/24,192.168.0.0/16,198.18.0.0/15,224.0.0.0/3,::/128,::1/128,fc00::/7,fe80::/10,ff00::/8,::ffff:0.0.0.0/96}'::inet[])
+-- The IPv4 address an IPv6 address carries: IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible
+-- (::a.b.c.d), NAT64 (64:ff9b::a.b.c.d) and 6to4 (2002:aabb:ccdd::); NULL otherwise.
+CREATE OR REPLACE FUNCTION walhook.embedded_ipv4(a inet) RETURNS inet
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bytes bytea;
+    at integer;
+BEGIN
+    IF family(a) <> 6 THEN
+        RETURN NULL;
+    END IF;
+    IF a <<= '::ffff:0:0/96'::inet OR a <<= '::/96'::inet OR a <<= '64:ff9b::/96'::inet THEN
+        at := 12;
+    ELSIF a <<= '2002::/16'::inet THEN
+        at := 2;
+    ELSE
+        RETURN NULL;
+    END IF;
+    -- inet_send: family, bits, is_cidr, length, then the 16 address bytes.
+    bytes := substring(inet_send(host(a)::inet) from 5);
+    RETURN format('%s.%s.%s.%s', get_byte(bytes, at), get_byte(bytes, at + 1),
+                  get_byte(bytes, at + 2), get_byte(bytes, at + 3))::inet;
+END
 $$;
 
--- Whether target_url may be subscribed: IP-literal hosts in refused ranges are rejected unless
--- allow_private_targets is set. Host names are checked when connecting (DNS can change).
-CREATE OR REPLACE FUNCTION walhook.target_allowed(target_url text) RETURNS boolean
-LANGUAGE plpgsql STABLE AS $$
+-- Whether an address is refused as a webhook target (same ranges as src/delivery/guard.rs);
+-- an IPv6 address carrying an IPv4 one is judged as that IPv4 address.
+CREATE OR REPLACE FUNCTION walhook.address_forbidden(a inet) RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN walhook.embedded_ipv4(a) IS NOT NULL THEN walhook.address_forbidden(walhook.embedded_ipv4(a))
+           ELSE a <<= ANY ('{0.0.0.0/8,10.0.0.0/8,100.64.0.0/10,127.0.0.0/8,169.254.0.0/16,172.16.0.0/12,192.0.0.0/24,192.168.0.0/16,198.18.0.0/15,224.0.0.0/3,::/128,::1/128,64:ff9b:1::/48,fc00::/7,fe80::/10,ff00::/8}'::inet[])
+           END
+$$;
+
+-- The host of a URL as the WHATWG URL parser (and so the sender) reads it: after the last
+-- `@` of the authority, before the port, percent-decoded, lower-cased, NFKC-normalised with
+-- ideographic full stops as dots; IPv6 literals keep their brackets. NULL when unreadable.
+CREATE OR REPLACE FUNCTION walhook.target_host(target_url text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
-    host text := substring(target_url from '^[a-zA-Z]+://(?:[^@/?#]*@)?(\[[^]]+\]|[^:/?#]+)');
+    host text := substring(target_url from '^[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]*)');
+    raw bytea := '';
+    i integer := 1;
+BEGIN
+    IF host IS NULL OR position(chr(92) in target_url) > 0 THEN
+        RETURN NULL;
+    END IF;
+    host := regexp_replace(host, '^.*@', '');
+    IF host LIKE '[%' THEN
+        RETURN lower(substring(host from '^(\[[^]]*\])'));
+    END IF;
+    host := split_part(host, ':', 1);
+    IF position('%' in host) > 0 THEN
+        WHILE i <= length(host) LOOP
+            IF substr(host, i, 1) = '%' AND substr(host, i + 1, 2) ~ '^[0-9A-Fa-f]{2}$' THEN
+                raw := raw || decode(substr(host, i + 1, 2), 'hex');
+                i := i + 3;
+            ELSE
+                raw := raw || convert_to(substr(host, i, 1), 'UTF8');
+                i := i + 1;
+            END IF;
+        END LOOP;
+        host := convert_from(raw, 'UTF8');
+    END IF;
+    IF host ~ E'[^\\x01-\\x7f]' THEN
+        host := translate(normalize(host, NFKC), U&'\3002\FF0E\FF61', '...');
+    END IF;
+    RETURN lower(host);
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END
+$$;
+
+-- The IPv4 address a host names by the WHATWG rules: when its last label (a trailing dot
+-- aside) is a number, the host is 1 to 4 parts, each decimal, 0x-hex or 0-octal, the last
+-- filling the remaining bytes (`2130706433`, `0x7f.1`, `127.1`, `0177.0.0.1`, `127.0.0.1.`).
+-- NULL for a domain name; raises invalid_parameter_value for a number that is no address
+-- (the URL parser refuses those).
+CREATE OR REPLACE FUNCTION walhook.host_ipv4(host text) RETURNS inet
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    parts text[] := string_to_array(host, '.');
+    n integer;
+    part text;
+    digits text;
+    radix integer;
+    value numeric;
+    total numeric := 0;
+    k integer;
+BEGIN
+    n := cardinality(parts);
+    IF n > 1 AND parts[n] = '' THEN
+        parts := parts[1:n - 1];
+        n := n - 1;
+    END IF;
+    IF n = 0 OR parts[n] !~ '^([0-9]+|0[xX][0-9a-fA-F]*)$' THEN
+        RETURN NULL;
+    END IF;
+    IF n > 4 THEN
+        RAISE EXCEPTION 'host % has more than four numeric parts', host USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR k IN 1 .. n LOOP
+        part := parts[k];
+        IF part ~ '^0[xX]' THEN
+            radix := 16;
+            digits := lower(substr(part, 3));
+        ELSIF part ~ '^0.' THEN
+            radix := 8;
+            digits := substr(part, 2);
+        ELSE
+            radix := 10;
+            digits := part;
+        END IF;
+        IF (radix = 16 AND digits !~ '^[0-9a-f]*$') OR (radix = 8 AND digits !~ '^[0-7]+$')
+           OR (radix = 10 AND digits !~ '^[0-9]+$') THEN
+            RAISE EXCEPTION 'host % is not an IPv4 address', host USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        value := 0;
+        FOR i IN 1 .. length(digits) LOOP
+            value := value * radix + (position(substr(digits, i, 1) in '0123456789abcdef') - 1);
+            IF value >= 4294967296 THEN
+                RAISE EXCEPTION 'host % is not an IPv4 address', host USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END LOOP;
+        IF k < n THEN
+            IF value > 255 THEN
+                RAISE EXCEPTION 'host % is not an IPv4 address', host USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            total := total + value * 256 ^ (4 - k);
+        ELSE
+            IF value >= 256 ^ (5 - n) THEN
+                RAISE EXCEPTION 'host % is not an IPv4 address', host USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            total := total + value;
+        END IF;
+    END LOOP;
+    RETURN format('%s.%s.%s.%s', div(total, 16777216) % 256, div(total, 65536) % 256,
+                  div(total, 256) % 256, total % 256)::inet;
+END
+$$;
+
+-- Whether target_url may be subscribed: IP-literal hosts (every spelling the URL parser reads
+-- as an address) in refused ranges are rejected unless allow_private_targets is set, as are
+-- URLs whose host cannot be read. Host names are checked when connecting (DNS can change).
+CREATE OR REPLACE FUNCTION walhook.target_allowed(target_url text) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    host text;
     addr inet;
 BEGIN
     IF coalesce((SELECT value FROM walhook.settings WHERE name = 'allow_private_targets'), 'false') = 'true' THEN
         RETURN true;
     END IF;
-    host := trim(both '[]' from coalesce(host, ''));
-    IF host !~ '^[0-9.]+$' AND host !~ ':' THEN
-        RETURN true;
+    host := walhook.target_host(target_url);
+    IF host IS NULL OR host = '' THEN
+        RETURN false;
     END IF;
     BEGIN
-        addr := host::inet;
+        IF host LIKE '[%' THEN
+            addr := trim(both '[]' from host)::inet;
+        ELSE
+            addr := walhook.host_ipv4(host);
+        END IF;
     EXCEPTION WHEN others THEN
-        RETURN true; -- not an address: the URL check or DNS decides
+        RETURN false; -- the URL parser refuses it too: nothing to deliver to
     END;
-    RETURN NOT walhook.address_forbidden(addr);
+    RETURN addr IS NULL OR NOT walhook.address_forbidden(addr);
+END
+$$;
+
+-- Why a subscriber header may not be set (hop-by-hop, framing, routing, or walhook's own
+-- headers, or not an HTTP token), NULL when it may. The one list: check_subscription and the
+-- REST API rely on it.
+CREATE OR REPLACE FUNCTION walhook.header_forbidden(name text) RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN name IS NULL OR name !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' THEN 'not a valid HTTP header name'
+        WHEN lower(name) IN ('content-length', 'transfer-encoding', 'content-type', 'content-encoding', 'trailer')
+            THEN 'framing header'
+        WHEN lower(name) IN ('connection', 'keep-alive', 'upgrade', 'te', 'expect', 'http2-settings')
+             OR lower(name) LIKE 'proxy-%' THEN 'hop-by-hop header'
+        WHEN lower(name) = 'host' THEN 'routing header'
+        WHEN lower(name) = 'user-agent' OR lower(name) LIKE 'webhook-%' THEN 'set by walhook'
+    END
+$$;
+
+-- Whether a signing secret is usable by the sender: `whsec_` + canonical standard base64
+-- (padded, no stray bits) of 24 to 64 bytes.
+CREATE OR REPLACE FUNCTION walhook.secret_valid(secret text) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    key text := substring(secret from '^whsec_(.*)$');
+    raw bytea;
+BEGIN
+    IF key IS NULL OR key !~ '^[A-Za-z0-9+/]*={0,2}$' OR length(key) % 4 <> 0 THEN
+        RETURN false;
+    END IF;
+    raw := decode(key, 'base64');
+    RETURN replace(encode(raw, 'base64'), E'\n', '') = key AND octet_length(raw) BETWEEN 24 AND 64;
+EXCEPTION WHEN others THEN
+    RETURN false;
 END
 $$;
 
 -- Validates every write to walhook.subscriptions, by function or by plain SQL, with messages
 -- that name the column.
 CREATE OR REPLACE FUNCTION walhook.check_subscription() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     pattern text;
     known boolean;
+    header record;
+    reason text;
 BEGIN
     IF NEW.events IS NULL OR cardinality(NEW.events) = 0 THEN
         RAISE EXCEPTION 'walhook.subscriptions.events must name at least one event pattern'
@@ -75,7 +278,8 @@ BEGIN
                 USING HINT = 'watch a table with walhook.watch(); the subscription matches once it does';
         END IF;
     END LOOP;
-    IF NEW.target_url IS NULL OR NEW.target_url !~ '^https?://[^/?#[:space:]]+([/?#][^[:space:]]*)?$' THEN
+    IF NEW.target_url IS NULL OR NEW.target_url !~ '^https?://[^/?#[:space:]]+([/?#][^[:space:]]*)?$'
+       OR NEW.target_url ~ '[[:cntrl:]]' OR position(chr(92) in NEW.target_url) > 0 THEN
         RAISE EXCEPTION 'walhook.subscriptions.target_url must be an http:// or https:// URL, got %', coalesce(quote_literal(NEW.target_url), 'NULL')
             USING ERRCODE = 'check_violation', COLUMN = 'target_url';
     END IF;
@@ -93,11 +297,24 @@ BEGIN
         RAISE EXCEPTION 'walhook.subscriptions.headers must be a JSON object of string values, got %', coalesce(NEW.headers::text, 'NULL')
             USING ERRCODE = 'check_violation', COLUMN = 'headers';
     END IF;
+    FOR header IN SELECT h.key, h.value FROM jsonb_each_text(NEW.headers) h ORDER BY h.key LOOP
+        reason := walhook.header_forbidden(header.key);
+        IF reason IS NOT NULL THEN
+            RAISE EXCEPTION 'walhook.subscriptions.headers: % may not be set (%)', to_jsonb(header.key), reason
+                USING ERRCODE = 'check_violation', COLUMN = 'headers',
+                      HINT = 'walhook sets content-type, user-agent and webhook-* itself; hop-by-hop, framing and host headers are the connection''s';
+        END IF;
+        IF header.value ~ E'[\\x01-\\x08\\x0a-\\x1f\\x7f]' THEN
+            RAISE EXCEPTION 'walhook.subscriptions.headers: the value of % contains CR, LF or another control character', to_jsonb(header.key)
+                USING ERRCODE = 'check_violation', COLUMN = 'headers';
+        END IF;
+    END LOOP;
     IF NEW.secret IS NULL THEN
         NEW.secret := walhook.new_secret();
-    ELSIF NEW.secret !~ '^whsec_[A-Za-z0-9+/]{32,}={0,2}$' THEN
+    ELSIF NOT walhook.secret_valid(NEW.secret) THEN
         RAISE EXCEPTION 'walhook.subscriptions.secret must be whsec_ followed by at least 24 base64-encoded bytes'
-            USING ERRCODE = 'check_violation', COLUMN = 'secret';
+            USING ERRCODE = 'check_violation', COLUMN = 'secret',
+                  HINT = 'whsec_ + standard base64 (with = padding) of 24 to 64 random bytes, e.g. from walhook.new_secret()';
     END IF;
     IF NEW.expires_at IS NOT NULL AND NEW.expires_at <= now()
        AND (TG_OP = 'INSERT' OR NEW.expires_at IS DISTINCT FROM OLD.expires_at) THEN
@@ -120,7 +337,9 @@ CREATE TRIGGER check_subscription BEFORE INSERT OR UPDATE ON walhook.subscriptio
 
 -- Wake the daemon: its routing index reloads on this notification (and on reconnect).
 CREATE OR REPLACE FUNCTION walhook.notify_config() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     PERFORM pg_notify('walhook_config', TG_TABLE_NAME);
     RETURN NULL;
@@ -140,14 +359,24 @@ INSERT INTO walhook.settings VALUES ('capture_mode', 'replication') ON CONFLICT 
 -- One outbox row per row change (or TRUNCATE), written in the writer's own transaction, with
 -- the session settings replication mode decodes under, so to_jsonb prints the same values.
 -- Trigger arguments name columns to leave out (generated columns, which pgoutput omits).
+-- SECURITY DEFINER (owned by the role that ran `walhook migrate`): writers need no rights on
+-- schema walhook or the outbox, and cannot write the outbox themselves. to_jsonb would call a
+-- user-defined cast to json with walhook's rights, so a row with a column of a user-defined
+-- type is refused while such a cast exists.
 CREATE OR REPLACE FUNCTION walhook.capture_row() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres'
 SET extra_float_digits = 1 SET bytea_output = 'hex'
 AS $$
 DECLARE
     hidden text[] := coalesce(TG_ARGV, '{}');
 BEGIN
+    IF EXISTS (SELECT 1 FROM pg_cast c WHERE c.castsource >= 16384::oid AND c.casttarget = 'json'::regtype)
+       AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND a.atttypid >= 16384::oid) THEN
+        RAISE EXCEPTION 'walhook.capture_row: %.% has a column of a user-defined type and the database has a user-defined cast to json, which capture would run with walhook''s rights', TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     INSERT INTO walhook.outbox (schema_name, table_name, op, old_row, new_row, committed_at)
     VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP,
             CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) - hidden END,
@@ -160,7 +389,9 @@ $$;
 
 -- (Re)installs the capture triggers of a watched table for the verbs it produces.
 CREATE OR REPLACE FUNCTION walhook.install_capture(tbl regclass, verbs text[]) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     ops text[];
     hidden text;
@@ -183,7 +414,9 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION walhook.remove_capture(tbl regclass) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS walhook_capture ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS walhook_capture_truncate ON %s', tbl);
@@ -197,7 +430,9 @@ $$;
 -- new way. Returns the position, or NULL when the mode was already `mode` (triggers are
 -- then brought in step with the watched tables).
 CREATE OR REPLACE FUNCTION walhook.set_capture_mode(mode text) RETURNS pg_lsn
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     current_mode text;
     w record;
@@ -229,14 +464,36 @@ BEGIN
 END
 $$;
 
+-- Who calls a SECURITY DEFINER function: the session's role (SET ROLE) or its user. Raises
+-- insufficient_privilege unless that role may read tbl, since watching streams its rows.
+-- EXECUTE on watch/unwatch is granted to walhook_admin only (sql/roles.sql).
+CREATE OR REPLACE FUNCTION walhook.check_watcher(tbl regclass, fn text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    caller name := coalesce(nullif(current_setting('role'), 'none'), session_user);
+BEGIN
+    IF NOT has_table_privilege(caller, tbl, 'SELECT') THEN
+        RAISE EXCEPTION '%: role % may not read %, so it may not watch it', fn, quote_ident(caller), tbl
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'the table''s owner grants SELECT on it to the role first';
+    END IF;
+END
+$$;
+
 -- Watch a table: its changes become <noun>.created/updated/deleted (and truncated if asked).
+-- SECURITY DEFINER, so a walhook_admin that does not own the table can set its replica
+-- identity, publish it and install capture triggers; check_watcher requires it can read it.
 CREATE OR REPLACE FUNCTION walhook.watch(
     tbl regclass,
     noun text DEFAULT NULL,
     verbs text[] DEFAULT NULL,
     full_identity boolean DEFAULT true
 ) RETURNS walhook.watched_tables
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     rel record;
     chosen_noun text;
@@ -246,6 +503,7 @@ DECLARE
     pub text;
     result walhook.watched_tables;
 BEGIN
+    PERFORM walhook.check_watcher(tbl, 'walhook.watch');
     SELECT c.relname, n.nspname, c.relkind, c.relreplident INTO rel
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
     IF rel.relkind NOT IN ('r', 'p') THEN
@@ -299,11 +557,14 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION walhook.unwatch(tbl regclass) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     pub text;
     removed boolean;
 BEGIN
+    PERFORM walhook.check_watcher(tbl, 'walhook.unwatch');
     DELETE FROM walhook.watched_tables w
     USING pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = tbl AND w.schema_name = n.nspname AND w.table_name = c.relname;
@@ -328,31 +589,57 @@ CREATE OR REPLACE FUNCTION walhook.subscribe(
     context text DEFAULT NULL,
     expires_at timestamptz DEFAULT NULL
 ) RETURNS walhook.subscriptions
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
     INSERT INTO walhook.subscriptions (target_url, events, owner, filter, secret, headers, context, expires_at)
     VALUES (subscribe.target_url, subscribe.events, subscribe.owner, coalesce(subscribe.filter, '{}'),
             subscribe.secret, coalesce(subscribe.headers, '{}'), subscribe.context, subscribe.expires_at)
     RETURNING *
 $$;
 
--- Removes every subscription to target_url; returns how many.
+-- Removes every subscription to target_url, or, when the text is a UUID (no target URL is),
+-- the subscription with that id, so `unsubscribe('<uuid>')` does what it says; returns how
+-- many.
 CREATE OR REPLACE FUNCTION walhook.unsubscribe(target_url text) RETURNS integer
-LANGUAGE sql AS $$
-    WITH gone AS (DELETE FROM walhook.subscriptions s WHERE s.target_url = unsubscribe.target_url RETURNING 1)
-    SELECT count(*)::integer FROM gone
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    by_id uuid;
+    gone integer;
+BEGIN
+    BEGIN
+        by_id := target_url::uuid;
+    EXCEPTION WHEN invalid_text_representation THEN
+        by_id := NULL;
+    END;
+    IF by_id IS NOT NULL THEN
+        DELETE FROM walhook.subscriptions s WHERE s.id = by_id;
+    ELSE
+        DELETE FROM walhook.subscriptions s WHERE s.target_url = unsubscribe.target_url;
+    END IF;
+    GET DIAGNOSTICS gone = ROW_COUNT;
+    RETURN gone;
+END
 $$;
 
 -- Removes one subscription; returns whether it existed.
 CREATE OR REPLACE FUNCTION walhook.unsubscribe(id uuid) RETURNS boolean
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
     WITH gone AS (DELETE FROM walhook.subscriptions s WHERE s.id = unsubscribe.id RETURNING 1)
     SELECT count(*) > 0 FROM gone
 $$;
 
 -- Sends dead letters again: all, one subscription's, or one event's; returns how many.
+-- SECURITY DEFINER: walhook_admin may redeliver without rights on the queue table.
 CREATE OR REPLACE FUNCTION walhook.redeliver(event_id text DEFAULT NULL, subscription_id uuid DEFAULT NULL)
 RETURNS integer
-LANGUAGE sql AS $$
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
     WITH again AS (
         UPDATE walhook.delivery_queue q
         SET status = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL

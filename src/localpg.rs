@@ -4,6 +4,11 @@
 //! Used by `walhook demo` and by the test harness. PostgreSQL refuses to run as root, so
 //! when we are root the server runs as the `postgres` user. A watchdog shell stops the server
 //! and removes its directory when this process exits, however it exits (even SIGKILL).
+//!
+//! Authentication: only the Unix socket (in the private temp directory, mode 0700) is
+//! trusted; TCP connections need SCRAM-SHA-256 with the random `postgres` password generated
+//! at start ([`LocalPostgres::password`], carried by [`LocalPostgres::url`]), so another local
+//! user or process cannot log in as superuser.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
@@ -41,6 +46,8 @@ pub struct LocalPostgres {
     pub root: PathBuf,
     /// Whether TLS is on (a self-signed certificate, when `openssl` is available).
     pub tls: bool,
+    /// The `postgres` superuser's password (random, hex), needed over TCP.
+    pub password: String,
     child: Child,
 }
 
@@ -69,15 +76,25 @@ impl LocalPostgres {
             .as_nanos();
         let root = std::env::temp_dir().join(format!("walhook-pg-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&root).map_err(step("create temp dir"))?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+            .map_err(step("protect temp dir"))?;
         give(&root, owner)?;
         let data = root.join("data");
+        let password = random_password()?;
+        let pwfile = root.join("pwfile");
+        std::fs::write(&pwfile, format!("{password}\n")).map_err(step("write pwfile"))?;
+        std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o600))
+            .map_err(step("protect pwfile"))?;
+        give(&pwfile, owner)?;
         let output = command(&bindir.join("initdb"), owner)
             .arg("-D")
             .arg(&data)
+            .arg(format!("--pwfile={}", pwfile.display()))
             .args([
                 "-U",
                 "postgres",
-                "--auth=trust",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
                 "-E",
                 "UTF8",
                 "--locale=C",
@@ -85,6 +102,7 @@ impl LocalPostgres {
             ])
             .output()
             .map_err(step("run initdb"))?;
+        let _ = std::fs::remove_file(&pwfile);
         if !output.status.success() {
             return Err(LocalPgError::Step {
                 step: "initdb",
@@ -95,6 +113,7 @@ impl LocalPostgres {
         let port = free_port()?;
         let mut conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+             unix_socket_permissions = 0700\npassword_encryption = 'scram-sha-256'\n\
              wal_level = {wal_level}\nmax_wal_senders = 100\nmax_replication_slots = 100\n\
              max_connections = 400\nfsync = off\nfull_page_writes = off\n\
              shared_buffers = 128MB\nmax_wal_size = 2GB\nlog_min_messages = warning\n",
@@ -108,8 +127,7 @@ impl LocalPostgres {
             data.join("pg_hba.conf"),
             "local all all trust\n\
              host all walhook_md5 127.0.0.1/32 md5\n\
-             host all walhook_scram 127.0.0.1/32 scram-sha-256\n\
-             host all all 127.0.0.1/32 trust\n",
+             host all all 127.0.0.1/32 scram-sha-256\n",
         )
         .map_err(step("write pg_hba.conf"))?;
         let child = spawn_postgres(&root, owner)?;
@@ -131,15 +149,19 @@ impl LocalPostgres {
             port,
             root,
             tls,
+            password,
             child,
         };
         server.wait_ready()?;
         Ok(server)
     }
 
-    /// Superuser URL of `database` on this server.
+    /// Superuser URL of `database` on this server (over TCP, with the password).
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{database}",
+            self.password, self.port
+        )
     }
 
     /// Stops the server with a fast shutdown (what `pg_ctl restart -m fast` does) and starts
@@ -269,6 +291,16 @@ fn command(program: &Path, owner: Option<(u32, u32)>) -> Command {
         cmd.uid(uid).gid(gid);
     }
     cmd
+}
+
+/// 16 random bytes from the OS, hex (URL-safe).
+fn random_password() -> Result<String, LocalPgError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(step("read /dev/urandom"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn free_port() -> Result<u16, LocalPgError> {

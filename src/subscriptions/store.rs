@@ -14,6 +14,10 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// Functions, triggers and views (`sql/walhook.sql`), reinstalled after every migration run.
 pub const SQL: &str = include_str!("../../sql/walhook.sql");
 
+/// The privilege model (`sql/roles.sql`): revocations from PUBLIC, roles `walhook_admin` and
+/// `walhook_monitor` and their grants; installed after [`SQL`].
+pub const ROLES: &str = include_str!("../../sql/roles.sql");
+
 /// Advisory lock key serialising concurrent `migrate` runs ("walhook" in ASCII).
 const MIGRATE_LOCK: i64 = 0x77_616c_686f_6f6b;
 
@@ -102,6 +106,7 @@ fn apply(
     conn.run_pending_migrations(MIGRATIONS)
         .map_err(|e| StoreError::Migration(e.to_string()))?;
     conn.batch_execute(SQL)?;
+    conn.batch_execute(ROLES)?;
     let query =
         diesel::sql_query("UPDATE walhook.settings SET value = $1 WHERE name = 'publication'")
             .bind::<diesel::sql_types::Text, _>(publication);

@@ -104,7 +104,7 @@ async fn watch_sets_identity_keeps_the_publication_and_refuses_what_would_break(
     );
     assert_eq!(
         error_of(&db, "SELECT walhook.watch('nokey', full_identity => false)").await,
-        "walhook.watch: nokey has no primary key and no replica identity index, so once \
+        "walhook.watch: public.nokey has no primary key and no replica identity index, so once \
          published its UPDATE and DELETE statements would fail"
     );
     assert_eq!(

@@ -88,7 +88,7 @@ fn start_local_with(wal_level: &str) -> Server {
         LocalPostgres::start_with_wal_level(wal_level).unwrap_or_else(|e| panic!("{e}")),
     ));
     Server {
-        base_url: format!("postgres://postgres@127.0.0.1:{}", pg.port),
+        base_url: format!("postgres://postgres:{}@127.0.0.1:{}", pg.password, pg.port),
         host: "127.0.0.1".into(),
         port: pg.port,
         tls: pg.tls,
