@@ -69,7 +69,7 @@ impl Server {
     /// A server of this test's own (e.g. one the test restarts).
     pub fn of(pg: &LocalPostgres) -> Server {
         Server {
-            base_url: format!("postgres://postgres@127.0.0.1:{}", pg.port),
+            base_url: format!("postgres://postgres:{}@127.0.0.1:{}", pg.password, pg.port),
             host: "127.0.0.1".into(),
             port: pg.port,
             tls: pg.tls,
@@ -87,12 +87,7 @@ fn start_local_with(wal_level: &str) -> Server {
     let pg = Box::leak(Box::new(
         LocalPostgres::start_with_wal_level(wal_level).unwrap_or_else(|e| panic!("{e}")),
     ));
-    Server {
-        base_url: format!("postgres://postgres:{}@127.0.0.1:{}", pg.password, pg.port),
-        host: "127.0.0.1".into(),
-        port: pg.port,
-        tls: pg.tls,
-    }
+    Server::of(pg)
 }
 
 /// Connects a tokio-postgres client (driving its connection in the background).
