@@ -59,6 +59,8 @@ pub struct DeliveryConfig {
     pub disable_after: Duration,
     /// How often the retrier looks for due rows when idle.
     pub retry_poll: Duration,
+    /// `delivery.proxy`: send through this proxy (environment proxies are ignored).
+    pub proxy: Option<String>,
 }
 
 type Key = (Uuid, Arc<str>);
@@ -171,7 +173,11 @@ impl Delivery {
     ) -> Result<Arc<Delivery>, super::queue::QueueError> {
         let pending = queue.pending_keys(MAX_QUEUED_ROWS_TRACKED).await?;
         let delivery = Arc::new(Delivery {
-            sender: Sender::new(config.timeout, config.allow_private_targets),
+            sender: Sender::new(
+                config.timeout,
+                config.allow_private_targets,
+                config.proxy.as_deref(),
+            )?,
             config,
             queue,
             keys: Mutex::new(HashMap::new()),
@@ -484,8 +490,10 @@ impl Delivery {
             last_error: queued.error,
             dead: queued.dead,
         };
+        // `store` parks or drops what the database refuses for good; only transient
+        // failures come back, and are retried.
         let mut wait = Duration::from_millis(100);
-        while let Err(e) = self.queue.enqueue(&row).await {
+        while let Err(e) = self.queue.store(&row).await {
             tracing::error!(error = %e, event = %event.id, "cannot queue event; retrying (its LSN stays unacknowledged)");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));

@@ -2,5 +2,8 @@
 
 mod crash;
 mod demo;
+mod egress;
+mod hostile;
 mod outcomes;
+mod retention;
 mod ssrf;
