@@ -650,6 +650,32 @@ AS $$
     SELECT count(*)::integer FROM again
 $$;
 
+-- The daemon's queue writer: one multi-row INSERT into walhook.delivery_queue, in order.
+-- Returns NULL when written, else '<SQLSTATE>:<message>', so the daemon can tell a write that
+-- will fail again (data exception, integrity, program limit…: the event is parked as a dead
+-- letter) from one worth retrying (connection, serialization, resources).
+CREATE OR REPLACE FUNCTION walhook.enqueue_deliveries(
+    s uuid[], e text[], t text[], k text[], b text[], a integer[], d float8[], l text[], st text[]
+) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO walhook.delivery_queue
+        (subscription_id, event_id, event_type, row_key, body, attempts, next_attempt_at, last_error, status)
+    SELECT u.s, u.e, u.t, u.k, u.b, u.a, now() + make_interval(secs => u.d), u.l, u.st
+    FROM unnest(s, e, t, k, b, a, d, l, st) WITH ORDINALITY AS u(s, e, t, k, b, a, d, l, st, n)
+    WHERE EXISTS (SELECT 1 FROM walhook.subscriptions x WHERE x.id OPERATOR(pg_catalog.=) u.s)
+    ORDER BY u.n
+    ON CONFLICT (subscription_id, event_id) DO NOTHING;
+    RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ':' || SQLERRM;
+END
+$$;
+
+-- Dead letters by age, for the retention purge (delivery.dead_letter_retention).
+CREATE INDEX IF NOT EXISTS delivery_queue_dead ON walhook.delivery_queue (next_attempt_at)
+    WHERE status = 'dead';
+
 CREATE OR REPLACE VIEW walhook.dead_letters AS
     SELECT q.id, q.subscription_id, s.target_url, q.event_id, q.event_type, q.body::jsonb AS body,
            q.attempts, q.last_error, q.created_at

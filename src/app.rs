@@ -19,6 +19,7 @@ use crate::api::{self, ApiState};
 use crate::capture::{self, CaptureError, outbox};
 use crate::config::{CaptureMode, Config, ConfigError};
 use crate::delivery::Delivery;
+use crate::delivery::client::{Sender, SenderError};
 use crate::delivery::queue::{self, Queue, QueueError};
 use crate::subscriptions::live::LiveRouting;
 use crate::subscriptions::store::{self, StoreError};
@@ -36,6 +37,9 @@ pub enum AppError {
     /// The delivery queue is unusable.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The delivery HTTP client could not be built.
+    #[error(transparent)]
+    Sender(#[from] SenderError),
     /// Capture stopped with a definite error.
     #[error(transparent)]
     Capture(#[from] CaptureError),
@@ -59,6 +63,13 @@ pub enum AppError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let url = config.database_url.clone();
     let delivery_config = config.delivery_config()?;
+    // Built first: a client that cannot be built (TLS, proxy) stops start-up here.
+    let sender = Sender::new(
+        delivery_config.timeout,
+        delivery_config.allow_private_targets,
+        delivery_config.proxy.as_deref(),
+    )?;
+    let dead_letter_retention = config.dead_letter_retention()?;
     let mut capture_config = config.capture_config()?;
     store::migrate(
         &url,
@@ -110,15 +121,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             routing: routing.clone(),
             capture: capture.ack.clone(),
             slot: config.capture.slot.clone(),
-            sender: crate::delivery::client::Sender::new(
-                delivery_config.timeout,
-                delivery_config.allow_private_targets,
-            ),
+            sender: sender.clone(),
             verify_intent: config.api.verify_intent,
         });
         tracing::info!(listen = %config.api.listen, "REST API listening");
         tokio::spawn(api::serve(listener, api::router(state), shutdown.clone()))
     });
+    let purge = tokio::spawn(queue::purge_dead_letters(
+        Queue::new(pool.clone()),
+        dead_letter_retention,
+        Duration::from_secs(3600),
+        background.clone(),
+    ));
     let delivery = Delivery::new(delivery_config, Queue::new(pool)).await?;
     let retrier = tokio::spawn(
         delivery
@@ -146,6 +160,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     };
     background.cancel();
     retrier.await.map_err(|e| AppError::Task(e.to_string()))?;
+    purge.await.map_err(|e| AppError::Task(e.to_string()))?;
     if let Some(api_task) = api_task {
         match api_task.await {
             Ok(Ok(())) => {}

@@ -60,6 +60,56 @@ pub struct DeliverySection {
     pub disable_after_secs: u64,
     /// Retrier poll interval in milliseconds.
     pub retry_poll_ms: u64,
+    /// Send every request through this HTTP(S) proxy URL; unset, no proxy is used (the
+    /// `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` environment is ignored). Requires
+    /// `allow_private_targets = true`.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Dead letters are purged once dead this long: seconds, or `"90s"`, `"15m"`, `"36h"`,
+    /// `"14d"`, `"2w"`.
+    pub dead_letter_retention: DurationSetting,
+}
+
+/// A duration in the configuration: whole seconds (`1209600`), or a number with a unit
+/// (`"90s"`, `"15m"`, `"36h"`, `"14d"`, `"2w"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum DurationSetting {
+    /// Whole seconds.
+    Secs(u64),
+    /// A number followed by `s`, `m`, `h`, `d` or `w` (a bare number is seconds).
+    Text(String),
+}
+
+impl DurationSetting {
+    /// The duration, or why the value is unusable.
+    pub fn duration(&self) -> Result<Duration, String> {
+        let text = match self {
+            DurationSetting::Secs(secs) => return Ok(Duration::from_secs(*secs)),
+            DurationSetting::Text(text) => text.trim(),
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let unit_secs = match unit.trim() {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3_600,
+            "d" => 86_400,
+            "w" => 604_800,
+            _ => 0,
+        };
+        match number.parse::<u64>() {
+            Ok(n) if unit_secs > 0 => n
+                .checked_mul(unit_secs)
+                .map(Duration::from_secs)
+                .ok_or_else(|| format!("{text:?} is too long")),
+            _ => Err(format!(
+                "{text:?} is not a duration: use seconds or a number with s, m, h, d or w (\"14d\")"
+            )),
+        }
+    }
 }
 
 /// How changes are captured.
@@ -179,6 +229,22 @@ impl Config {
         positive("delivery.max_outstanding", d.max_outstanding as u64)?;
         positive("delivery.retry_poll_ms", d.retry_poll_ms)?;
         positive("delivery.max_hold_ms", d.max_hold_ms)?;
+        self.dead_letter_retention()?;
+        if let Some(proxy) = &d.proxy {
+            if !d.allow_private_targets {
+                return Err(ConfigError::Invalid {
+                    key: "delivery.proxy",
+                    message: "set while delivery.allow_private_targets = false: walhook cannot \
+                              check the addresses a proxy connects to; unset delivery.proxy or \
+                              set delivery.allow_private_targets = true"
+                        .into(),
+                });
+            }
+            reqwest::Url::parse(proxy).map_err(|e| ConfigError::Invalid {
+                key: "delivery.proxy",
+                message: format!("{proxy:?} is not a URL: {e}"),
+            })?;
+        }
         Ok(DeliveryConfig {
             timeout: Duration::from_millis(d.timeout_ms),
             allow_private_targets: d.allow_private_targets,
@@ -195,7 +261,27 @@ impl Config {
             },
             disable_after: Duration::from_secs(d.disable_after_secs),
             retry_poll: Duration::from_millis(d.retry_poll_ms),
+            proxy: d.proxy.clone(),
         })
+    }
+
+    /// `delivery.dead_letter_retention`, validated (positive, at most 100 years).
+    pub fn dead_letter_retention(&self) -> Result<Duration, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "delivery.dead_letter_retention",
+            message,
+        };
+        let retention = self
+            .delivery
+            .dead_letter_retention
+            .duration()
+            .map_err(invalid)?;
+        if retention.is_zero() || retention > Duration::from_secs(100 * 365 * 86_400) {
+            return Err(invalid(format!(
+                "{retention:?} is out of range (more than 0 s, at most 100 years)"
+            )));
+        }
+        Ok(retention)
     }
 
     /// Trigger capture's configuration.
@@ -271,6 +357,77 @@ mod tests {
             jail.set_env("WALHOOK_CAPTURE__SLOT", "Bad-Slot");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("capture.slot \"Bad-Slot\""), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dead_letter_retention_and_proxy() {
+        let url = "database_url = \"postgres://u@127.0.0.1/db\"\n";
+        let config = Config::from_toml(url).expect("defaults load");
+        assert_eq!(
+            config.dead_letter_retention().unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
+        assert_eq!(config.delivery.proxy, None);
+        for (value, secs) in [
+            ("\"36h\"", 129_600),
+            ("\"90s\"", 90),
+            ("\"2w\"", 1_209_600),
+            ("\"15m\"", 900),
+            ("3600", 3600),
+        ] {
+            let config = Config::from_toml(&format!(
+                "{url}[delivery]\ndead_letter_retention = {value}\n"
+            ))
+            .unwrap();
+            assert_eq!(
+                config.dead_letter_retention().unwrap(),
+                Duration::from_secs(secs),
+                "{value}"
+            );
+        }
+        for value in ["\"soon\"", "\"14y\"", "\"-1d\"", "0", "\"99999999999999w\""] {
+            let err = Config::from_toml(&format!(
+                "{url}[delivery]\ndead_letter_retention = {value}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("configuration key delivery.dead_letter_retention: "),
+                "{value}: {err}"
+            );
+        }
+        let err = Config::from_toml(&format!(
+            "{url}[delivery]\nproxy = \"http://127.0.0.1:3128\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "configuration key delivery.proxy: set while delivery.allow_private_targets = false: walhook cannot \
+             check the addresses a proxy connects to; unset delivery.proxy or set delivery.allow_private_targets = true"
+        );
+        let config = Config::from_toml(&format!(
+            "{url}[delivery]\nproxy = \"http://127.0.0.1:3128\"\nallow_private_targets = true\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.delivery_config().unwrap().proxy.as_deref(),
+            Some("http://127.0.0.1:3128")
+        );
+        Jail::expect_with(|jail| {
+            jail.set_env("WALHOOK_DATABASE_URL", "postgres://u@127.0.0.1/db");
+            jail.set_env("WALHOOK_DELIVERY__DEAD_LETTER_RETENTION", "36h");
+            assert_eq!(
+                Config::load(None).unwrap().dead_letter_retention().unwrap(),
+                Duration::from_secs(129_600)
+            );
+            jail.set_env("WALHOOK_DELIVERY__DEAD_LETTER_RETENTION", "90");
+            assert_eq!(
+                Config::load(None).unwrap().dead_letter_retention().unwrap(),
+                Duration::from_secs(90)
+            );
             Ok(())
         });
     }

@@ -80,6 +80,8 @@ pub struct DeliveryConfig {
     pub disable_after: Duration,
     /// How often the retrier looks for due rows when idle.
     pub retry_poll: Duration,
+    /// `delivery.proxy`: send through this proxy (environment proxies are ignored).
+    pub proxy: Option<String>,
 }
 
 /// A (subscription, row) pair: the unit of ordering.
@@ -149,7 +151,11 @@ impl Delivery {
     ) -> Result<Arc<Delivery>, queue::QueueError> {
         let pending = queue.pending_keys(MAX_QUEUED_ROWS_TRACKED).await?;
         let delivery = Arc::new(Delivery {
-            sender: Sender::new(config.timeout, config.allow_private_targets),
+            sender: Sender::new(
+                config.timeout,
+                config.allow_private_targets,
+                config.proxy.as_deref(),
+            )?,
             config,
             queue,
             keys: Mutex::new(HashMap::new()),

@@ -5,6 +5,14 @@
 //! Retries are claimed with a lease (`FOR UPDATE SKIP LOCKED` + pushing `next_attempt_at`),
 //! so several daemons can share them; a row is claimable only when no older pending row of
 //! the same subscription and row exists, which keeps per-row order.
+//!
+//! Writes are total: [`Queue::store`] either makes an event durable, or — when the database
+//! refuses it in a way that will repeat ([`classify`]: data exception, integrity, program
+//! limit…) — parks it as a dead letter carrying the reason, or, if even that is refused the
+//! same way, logs and drops it. Only transient failures (connection, serialization,
+//! resources) come back as errors for the caller to retry, so no event can hold the
+//! acknowledgement watermark forever. Every duration handed to SQL is capped at
+//! [`MAX_SQL_INTERVAL`], so no computed timestamp can leave PostgreSQL's range.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -15,7 +23,10 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use super::client::{SenderError, bounded_text};
 
 /// A pool of diesel-async connections.
 pub type PgPool = Pool<AsyncPgConnection>;
@@ -32,7 +43,100 @@ pub enum QueueError {
     /// A batched write failed (the message of the query's error).
     #[error("delivery queue write failed: {0}")]
     Batch(String),
+    /// The database refused a write (SQLSTATE and message).
+    #[error("delivery queue write refused: {sqlstate} {message}")]
+    Refused {
+        /// The five-character SQLSTATE.
+        sqlstate: String,
+        /// The server's message.
+        message: String,
+    },
+    /// A queue write failed, already classified by the batch writer.
+    #[error("{message}")]
+    Write {
+        /// Whether it will fail again.
+        failure: WriteFailure,
+        /// The failure's message.
+        message: String,
+    },
+    /// The delivery HTTP client could not be built: delivery cannot start.
+    #[error(transparent)]
+    Sender(#[from] SenderError),
 }
+
+/// Whether a failed queue write is worth trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// It may succeed later (connection, pool, serialization, lock, resources, shutdown).
+    Transient,
+    /// The same write will fail the same way (the data or a limit is the cause).
+    Permanent,
+}
+
+/// The one classification of queue-write failures, by SQLSTATE class: `21` cardinality,
+/// `22` data exception (e.g. timestamp out of range), `23` integrity constraint, `42`
+/// syntax/access rule, `54` program limit (e.g. index row too large), `0A` feature not
+/// supported and `XX001`/`XX002` (corrupted data or index) are permanent; everything else —
+/// `08` connection, `40` rollback (serialization, deadlock), `53` insufficient resources
+/// (disk full), `55` object state (lock timeout), `57` operator intervention (shutdown,
+/// cancel), `25` read-only after failover, and any unknown code — is transient: retrying
+/// costs time, never an event.
+pub fn classify_sqlstate(sqlstate: &str) -> WriteFailure {
+    let class = sqlstate.get(..2).unwrap_or_default();
+    if matches!(class, "21" | "22" | "23" | "42" | "54" | "0A")
+        || matches!(sqlstate, "XX001" | "XX002")
+    {
+        WriteFailure::Permanent
+    } else {
+        WriteFailure::Transient
+    }
+}
+
+/// Classifies a queue error (see [`classify_sqlstate`]); errors without a SQLSTATE are
+/// transient, except constraint violations diesel names.
+pub fn classify(error: &QueueError) -> WriteFailure {
+    use diesel::result::{DatabaseErrorKind as Kind, Error as Diesel};
+    match error {
+        QueueError::Refused { sqlstate, .. } => classify_sqlstate(sqlstate),
+        QueueError::Write { failure, .. } => *failure,
+        QueueError::Query(Diesel::DatabaseError(
+            Kind::UniqueViolation
+            | Kind::ForeignKeyViolation
+            | Kind::NotNullViolation
+            | Kind::CheckViolation
+            | Kind::ExclusionViolation
+            | Kind::RestrictViolation,
+            _,
+        )) => WriteFailure::Permanent,
+        QueueError::Sender(_) => WriteFailure::Permanent,
+        QueueError::Query(_) | QueueError::Pool(_) | QueueError::Batch(_) => {
+            WriteFailure::Transient
+        }
+    }
+}
+
+/// How [`Queue::store`] settled an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Written as asked.
+    Queued,
+    /// Refused permanently; written as a dead letter with the reason instead.
+    Parked,
+    /// Refused permanently, and so was the dead letter: logged and dropped.
+    Dropped,
+}
+
+/// Longest duration handed to SQL (100 years): `now() ± make_interval(secs => …)` stays in
+/// range whatever a configuration or an endpoint asked for.
+pub const MAX_SQL_INTERVAL: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Seconds for `make_interval(secs => …)`, capped at [`MAX_SQL_INTERVAL`].
+fn sql_secs(duration: Duration) -> f64 {
+    duration.min(MAX_SQL_INTERVAL).as_secs_f64()
+}
+
+/// Most bytes of a failure reason stored with a parked event.
+const MAX_REASON: usize = 1024;
 
 /// Builds a pool for `url` (max `size` connections).
 pub fn pool(url: &str, size: usize) -> Result<PgPool, QueueError> {
@@ -143,7 +247,24 @@ struct Waiting {
     delay_secs: f64,
     last_error: Option<String>,
     status: &'static str,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), (WriteFailure, String)>>,
+}
+
+impl Waiting {
+    fn new(e: &Enqueue<'_>, done: oneshot::Sender<Result<(), (WriteFailure, String)>>) -> Waiting {
+        Waiting {
+            subscription_id: e.subscription_id,
+            event_id: e.event_id.to_owned(),
+            event_type: e.event_type.to_owned(),
+            row_key: e.row_key.to_owned(),
+            body: e.body.to_owned(),
+            attempts: e.attempts,
+            delay_secs: sql_secs(e.delay),
+            last_error: e.last_error.map(str::to_owned),
+            status: if e.dead { "dead" } else { "pending" },
+            done,
+        }
+    }
 }
 
 /// Largest batch written by one INSERT.
@@ -161,11 +282,31 @@ async fn write_batches(pool: PgPool, mut waiting: mpsc::UnboundedReceiver<Waitin
                 Err(_) => break,
             }
         }
-        let result = insert_batch(&pool, &batch).await.map_err(|e| e.to_string());
+        let result = insert_batch(&pool, &batch).await;
+        if batch.len() > 1
+            && let Err(e) = &result
+            && classify(e) == WriteFailure::Permanent
+        {
+            // One event spoils the batch: write each alone, so only that one is refused.
+            for w in batch {
+                let alone = insert_batch(&pool, std::slice::from_ref(&w)).await;
+                let _ = w
+                    .done
+                    .send(alone.map_err(|e| (classify(&e), e.to_string())));
+            }
+            continue;
+        }
+        let result = result.map_err(|e| (classify(&e), e.to_string()));
         for w in batch {
             let _ = w.done.send(result.clone());
         }
     }
+}
+
+#[derive(QueryableByName)]
+struct Refusal {
+    #[diesel(sql_type = Nullable<Text>)]
+    refused: Option<String>,
 }
 
 /// One INSERT for the batch, in order (ids follow it, which keeps per-row order).
@@ -175,15 +316,10 @@ async fn insert_batch(pool: &PgPool, batch: &[Waiting]) -> Result<(), QueueError
         .await
         .map_err(|e| QueueError::Pool(e.to_string()))?;
     let column = |f: fn(&Waiting) -> &str| batch.iter().map(f).collect::<Vec<&str>>();
-    diesel::sql_query(
-        "INSERT INTO walhook.delivery_queue \
-         (subscription_id, event_id, event_type, row_key, body, attempts, next_attempt_at, last_error, status) \
-         SELECT u.s, u.e, u.t, u.k, u.b, u.a, now() + make_interval(secs => u.d), u.l, u.st \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
-                     $7::float8[], $8::text[], $9::text[]) WITH ORDINALITY AS u(s, e, t, k, b, a, d, l, st, n) \
-         WHERE EXISTS (SELECT 1 FROM walhook.subscriptions WHERE id = u.s) \
-         ORDER BY u.n \
-         ON CONFLICT (subscription_id, event_id) DO NOTHING",
+    // The function reports a refused INSERT with its SQLSTATE (see sql/walhook.sql).
+    let rows: Vec<Refusal> = diesel::sql_query(
+        "SELECT walhook.enqueue_deliveries($1::uuid[], $2::text[], $3::text[], $4::text[], \
+         $5::text[], $6::int4[], $7::float8[], $8::text[], $9::text[]) AS refused",
     )
     .bind::<Array<SqlUuid>, _>(batch.iter().map(|w| w.subscription_id).collect::<Vec<_>>())
     .bind::<Array<Text>, _>(column(|w| &w.event_id))
@@ -193,12 +329,24 @@ async fn insert_batch(pool: &PgPool, batch: &[Waiting]) -> Result<(), QueueError
     .bind::<Array<Integer>, _>(batch.iter().map(|w| w.attempts).collect::<Vec<_>>())
     .bind::<Array<Double>, _>(batch.iter().map(|w| w.delay_secs).collect::<Vec<_>>())
     .bind::<Array<Nullable<Text>>, _>(
-        batch.iter().map(|w| w.last_error.as_deref()).collect::<Vec<_>>(),
+        batch
+            .iter()
+            .map(|w| w.last_error.as_deref())
+            .collect::<Vec<_>>(),
     )
     .bind::<Array<Text>, _>(column(|w| w.status))
-    .execute(&mut conn)
+    .load(&mut conn)
     .await?;
-    Ok(())
+    match rows.into_iter().next().and_then(|r| r.refused) {
+        None => Ok(()),
+        Some(refused) => {
+            let (sqlstate, message) = refused.split_once(':').unwrap_or(("XX000", &refused));
+            Err(QueueError::Refused {
+                sqlstate: sqlstate.to_owned(),
+                message: message.to_owned(),
+            })
+        }
+    }
 }
 
 impl Queue {
@@ -230,24 +378,80 @@ impl Queue {
             tx
         });
         let (done, written) = oneshot::channel();
-        let waiting = Waiting {
-            subscription_id: e.subscription_id,
-            event_id: e.event_id.to_owned(),
-            event_type: e.event_type.to_owned(),
-            row_key: e.row_key.to_owned(),
-            body: e.body.to_owned(),
-            attempts: e.attempts,
-            delay_secs: e.delay.as_secs_f64(),
-            last_error: e.last_error.map(str::to_owned),
-            status: if e.dead { "dead" } else { "pending" },
-            done,
-        };
         let stopped = || QueueError::Batch("the queue writer stopped".into());
-        writer.send(waiting).map_err(|_| stopped())?;
+        writer.send(Waiting::new(e, done)).map_err(|_| stopped())?;
         written
             .await
             .map_err(|_| stopped())?
-            .map_err(QueueError::Batch)
+            .map_err(|(failure, message)| QueueError::Write { failure, message })
+    }
+
+    /// Makes `e` durable, whatever it contains: written as asked ([`Stored::Queued`]); or,
+    /// when the database refuses it permanently ([`classify`]), written as a dead letter
+    /// whose `last_error` is the reason ([`Stored::Parked`]); or, when even that is refused
+    /// permanently, logged and dropped ([`Stored::Dropped`]) so acknowledgement moves on.
+    /// Errors are transient only: the caller retries.
+    pub async fn store(&self, e: &Enqueue<'_>) -> Result<Stored, QueueError> {
+        let refused = match self.enqueue(e).await {
+            Ok(()) => return Ok(Stored::Queued),
+            Err(error) if classify(&error) == WriteFailure::Permanent => error,
+            Err(error) => return Err(error),
+        };
+        tracing::error!(error = %refused, subscription = %e.subscription_id, event = %e.event_id,
+            "the queue refused an event; storing it as a dead letter");
+        match self.park(e, &refused.to_string()).await {
+            Ok(()) => Ok(Stored::Parked),
+            Err(error) if classify(&error) == WriteFailure::Permanent => {
+                tracing::error!(error = %error, first_error = %refused, subscription = %e.subscription_id,
+                    event = %e.event_id, event_type = %e.event_type,
+                    "the queue refused the event and its dead letter; dropped");
+                Ok(Stored::Dropped)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Writes `e` as a dead letter with `reason` (bounded, one line): no delay, no pending
+    /// row (so no per-row index entry), text without NULs — a write that cannot fail the way
+    /// the original did.
+    async fn park(&self, e: &Enqueue<'_>, reason: &str) -> Result<(), QueueError> {
+        let clean = |s: &str| s.replace('\0', " ");
+        let reason = bounded_text(format!("cannot queue: {reason}").as_bytes(), MAX_REASON);
+        let (event_type, row_key, body) = (clean(e.event_type), clean(e.row_key), clean(e.body));
+        let dead = Enqueue {
+            event_type: &event_type,
+            row_key: &row_key,
+            body: &body,
+            delay: Duration::ZERO,
+            last_error: Some(&reason),
+            dead: true,
+            ..e.clone()
+        };
+        let (done, _written) = oneshot::channel();
+        insert_batch(&self.pool, &[Waiting::new(&dead, done)]).await
+    }
+
+    /// Deletes dead letters dead (last attempted) for longer than `retention`, at most
+    /// `batch` rows per statement, until none is left; returns how many.
+    pub async fn purge_dead(&self, retention: Duration, batch: i64) -> Result<u64, QueueError> {
+        let mut purged = 0u64;
+        loop {
+            let mut conn = self.conn().await?;
+            let n = diesel::sql_query(
+                "DELETE FROM walhook.delivery_queue WHERE id IN ( \
+                   SELECT id FROM walhook.delivery_queue \
+                   WHERE status = 'dead' AND next_attempt_at < now() - make_interval(secs => $1) \
+                   LIMIT $2)",
+            )
+            .bind::<Double, _>(sql_secs(retention))
+            .bind::<BigInt, _>(batch)
+            .execute(&mut conn)
+            .await?;
+            purged += n as u64;
+            if (n as i64) < batch {
+                return Ok(purged);
+            }
+        }
     }
 
     /// Claims up to `limit` due rows for `lease`, oldest first, one per (subscription, row).
@@ -265,7 +469,7 @@ impl Queue {
              RETURNING q.id, q.subscription_id, q.event_id, q.row_key, q.body, q.attempts",
         )
         .bind::<BigInt, _>(limit)
-        .bind::<Double, _>(lease.as_secs_f64())
+        .bind::<Double, _>(sql_secs(lease))
         .load(&mut conn)
         .await?)
     }
@@ -308,7 +512,7 @@ impl Queue {
         .bind::<Integer, _>(attempts)
         .bind::<Text, _>(error)
         .bind::<diesel::sql_types::Bool, _>(delay.is_some())
-        .bind::<Double, _>(delay.unwrap_or_default().as_secs_f64())
+        .bind::<Double, _>(sql_secs(delay.unwrap_or_default()))
         .execute(&mut conn)
         .await?;
         Ok(())
@@ -321,7 +525,7 @@ impl Queue {
             "UPDATE walhook.delivery_queue SET next_attempt_at = now() + make_interval(secs => $2) WHERE id = $1",
         )
         .bind::<BigInt, _>(id)
-        .bind::<Double, _>(delay.as_secs_f64())
+        .bind::<Double, _>(sql_secs(delay))
         .execute(&mut conn)
         .await?;
         Ok(())
@@ -413,7 +617,7 @@ impl Queue {
         )
         .bind::<SqlUuid, _>(subscription)
         .bind::<Text, _>(error)
-        .bind::<Double, _>(disable_after.as_secs_f64())
+        .bind::<Double, _>(sql_secs(disable_after))
         .execute(&mut conn)
         .await?;
         Ok(disabled > 0)
@@ -430,5 +634,64 @@ impl Queue {
         .execute(&mut conn)
         .await?;
         Ok(())
+    }
+}
+
+/// Purges dead letters older than `retention` at start and then every `every`, in batches,
+/// until `stop` (see [`Queue::purge_dead`]); failures are logged and retried next time.
+pub async fn purge_dead_letters(
+    queue: Queue,
+    retention: Duration,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        match queue.purge_dead(retention, 1000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                purged = n,
+                "dead letters past delivery.dead_letter_retention purged"
+            ),
+            Err(e) => tracing::warn!(error = %e, "purging dead letters failed; trying again later"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified_by_class() {
+        for code in [
+            "22008", "22021", "22P02", "23505", "23503", "23514", "54000", "42883", "0A000",
+            "21000", "XX001",
+        ] {
+            assert_eq!(classify_sqlstate(code), WriteFailure::Permanent, "{code}");
+        }
+        for code in [
+            "08006", "40001", "40P01", "53100", "53200", "55P03", "57014", "57P01", "25006",
+            "XX000", "", "x",
+        ] {
+            assert_eq!(classify_sqlstate(code), WriteFailure::Transient, "{code}");
+        }
+        let refused = QueueError::Refused {
+            sqlstate: "22008".into(),
+            message: "timestamp out of range".into(),
+        };
+        assert_eq!(classify(&refused), WriteFailure::Permanent);
+        assert_eq!(
+            refused.to_string(),
+            "delivery queue write refused: 22008 timestamp out of range"
+        );
+        assert_eq!(
+            classify(&QueueError::Pool("timed out".into())),
+            WriteFailure::Transient
+        );
+        assert_eq!(sql_secs(Duration::MAX), MAX_SQL_INTERVAL.as_secs_f64());
     }
 }

@@ -91,8 +91,10 @@ impl Delivery {
             last_error: queued.error,
             dead: queued.dead,
         };
+        // `store` parks or drops what the database refuses for good; only transient
+        // failures come back, and are retried.
         let mut wait = Duration::from_millis(100);
-        while let Err(e) = self.queue.enqueue(&row).await {
+        while let Err(e) = self.queue.store(&row).await {
             tracing::error!(error = %e, event = %event.id, "cannot queue event; retrying (its LSN stays unacknowledged)");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));

@@ -2,7 +2,10 @@
 
 mod crash;
 mod demo;
+mod egress;
 mod hold;
+mod hostile;
 mod outcomes;
+mod retention;
 mod shutdown;
 mod ssrf;
