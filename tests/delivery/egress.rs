@@ -185,3 +185,38 @@ async fn no_ipv4_spelling_of_loopback_is_ever_connected_to() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_proxy_with_private_targets_refused_stops_start_up_naming_both_keys() {
+    let db = TestDb::new("proxy_refused").await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .arg("run")
+        .env("WALHOOK_DATABASE_URL", &db.url)
+        .env("WALHOOK_DELIVERY__PROXY", "http://127.0.0.1:3128")
+        .env("WALHOOK_DELIVERY__ALLOW_PRIVATE_TARGETS", "false")
+        .env("WALHOOK_API__ENABLED", "false")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("walhook did not refuse to start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(
+            "configuration key delivery.proxy: set while delivery.allow_private_targets = false"
+        ),
+        "{stderr}"
+    );
+}
