@@ -261,7 +261,7 @@ impl Delivery {
                     }
                     Some(CaptureMessage::Change(change)) => {
                         let Some(entry) = txs.back_mut() else { continue };
-                        let Some(watch) = snapshot.watch(&change.table.schema, &change.table.name) else { continue };
+                        let Some(watch) = snapshot.watch_table(&change.table) else { continue };
                         let Some(event) = Event::from_change(change, watch) else { continue };
                         let event = Arc::new(event);
                         let now = chrono::Utc::now().timestamp_micros();
