@@ -343,6 +343,38 @@ mod tests {
     }
 
     #[test]
+    fn changes_find_their_watch_by_oid_first_then_by_name() {
+        let mut tables = tables();
+        tables[0].relid = Some(42); // orders
+        let index = RoutingIndex::build(tables, Vec::new());
+        let table = |id: u32, name: &str| Table {
+            id,
+            schema: "public".into(),
+            name: name.into(),
+            columns: vec![],
+            key: vec![],
+        };
+        let noun = |t: &Table| index.watch_table(t).map(|w| w.noun.clone());
+        // Renamed since the watch was loaded: found by OID under its noun.
+        assert_eq!(noun(&table(42, "purchases")), Some("orders".into()));
+        assert_eq!(noun(&table(42, "orders")), Some("orders".into()));
+        // Another table now carrying the watched name: not this watch.
+        assert_eq!(noun(&table(7, "orders")), None);
+        // No OID recorded for invoices: by name; an unknown OID (0) also by name.
+        assert_eq!(noun(&table(9, "invoices")), Some("invoices".into()));
+        assert_eq!(noun(&table(0, "orders")), Some("orders".into()));
+        assert_eq!(noun(&table(9, "other")), None);
+        assert_eq!(
+            {
+                let mut names = index.watched_tables();
+                names.sort();
+                names
+            },
+            vec![r#""public"."invoices""#, r#""public"."orders""#]
+        );
+    }
+
+    #[test]
     fn routes_by_pattern_filter_and_expiry() {
         let subs = vec![
             sub("a", &["orders.created"], json!({}), None),
