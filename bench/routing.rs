@@ -40,6 +40,7 @@ fn tables() -> Vec<WatchedTable> {
             table_name: noun.clone(),
             noun,
             verbs: vec!["created".into(), "updated".into(), "deleted".into()],
+            relid: None,
         })
         .collect()
 }

@@ -371,14 +371,30 @@ SET extra_float_digits = 1 SET bytea_output = 'hex'
 AS $$
 DECLARE
     hidden text[] := coalesce(TG_ARGV, '{}');
+    source_schema text := TG_TABLE_SCHEMA;
+    source_table text := TG_TABLE_NAME;
+    ancestor record;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_cast c WHERE c.castsource >= 16384::oid AND c.casttarget = 'json'::regtype)
        AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND a.atttypid >= 16384::oid) THEN
         RAISE EXCEPTION 'walhook.capture_row: %.% has a column of a user-defined type and the database has a user-defined cast to json, which capture would run with walhook''s rights', TG_TABLE_SCHEMA, TG_TABLE_NAME
             USING ERRCODE = 'insufficient_privilege';
     END IF;
+    -- A partition's change is recorded as its topmost watched ancestor's (itself included),
+    -- as replication publishes it via the partition root. NULL for tables outside a tree.
+    IF pg_partition_root(TG_RELID)::oid <> TG_RELID THEN
+        SELECT n.nspname, c.relname INTO ancestor
+        FROM pg_partition_ancestors(TG_RELID) WITH ORDINALITY a(relid, depth)
+        JOIN walhook.watched_tables w ON w.relid = a.relid::oid
+        JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+        ORDER BY a.depth DESC LIMIT 1;
+        IF FOUND THEN
+            source_schema := ancestor.nspname;
+            source_table := ancestor.relname;
+        END IF;
+    END IF;
     INSERT INTO walhook.outbox (schema_name, table_name, op, old_row, new_row, committed_at)
-    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP,
+    VALUES (source_schema, source_table, TG_OP,
             CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) - hidden END,
             CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) - hidden END,
             clock_timestamp());
@@ -387,7 +403,20 @@ BEGIN
 END
 $$;
 
--- (Re)installs the capture triggers of a watched table for the verbs it produces.
+-- Whether a table carries its own walhook_capture row trigger (not a clone of a partitioned
+-- ancestor's: tgparentid from PostgreSQL 13, tgisinternal before).
+CREATE OR REPLACE FUNCTION walhook.has_own_capture(tbl regclass) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'walhook_capture'
+                   AND NOT coalesce((to_jsonb(t) ->> 'tgparentid')::oid <> 0, t.tgisinternal))
+$$;
+
+-- (Re)installs the capture triggers of a watched table for the verbs it produces. On a
+-- partitioned table the row trigger is cloned by PostgreSQL onto every partition, present
+-- and future; a partition already covered by such a clone gets nothing of its own, and own
+-- triggers of partitions below a newly captured parent give way to the clones.
 CREATE OR REPLACE FUNCTION walhook.install_capture(tbl regclass, verbs text[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -395,8 +424,17 @@ AS $$
 DECLARE
     ops text[];
     hidden text;
+    part regclass;
 BEGIN
     PERFORM walhook.remove_capture(tbl);
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'walhook_capture') THEN
+        RETURN; -- a clone of a watched ancestor's trigger: captured as that ancestor
+    END IF;
+    FOR part IN SELECT t.relid FROM pg_partition_tree(tbl) t WHERE t.relid <> tbl LOOP
+        IF walhook.has_own_capture(part) THEN
+            EXECUTE format('DROP TRIGGER walhook_capture ON %s', part);
+        END IF;
+    END LOOP;
     ops := array_remove(ARRAY[
         CASE WHEN 'created' = ANY (verbs) THEN 'INSERT' END,
         CASE WHEN 'updated' = ANY (verbs) THEN 'UPDATE' END,
@@ -413,13 +451,18 @@ BEGIN
 END
 $$;
 
+-- Removes a table's own capture triggers (a clone of an ancestor's goes with the ancestor's).
 CREATE OR REPLACE FUNCTION walhook.remove_capture(tbl regclass) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS walhook_capture ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS walhook_capture_truncate ON %s', tbl);
+    IF walhook.has_own_capture(tbl) THEN
+        EXECUTE format('DROP TRIGGER walhook_capture ON %s', tbl);
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'walhook_capture_truncate') THEN
+        EXECUTE format('DROP TRIGGER walhook_capture_truncate ON %s', tbl);
+    END IF;
 END
 $$;
 
@@ -445,7 +488,8 @@ BEGIN
     END IF;
     SELECT value INTO current_mode FROM walhook.settings WHERE name = 'capture_mode' FOR UPDATE;
     FOR w IN SELECT * FROM walhook.watched_tables LOOP
-        tbl := to_regclass(format('%I.%I', w.schema_name, w.table_name));
+        tbl := coalesce((SELECT c.oid FROM pg_class c WHERE c.oid = w.relid),
+                        to_regclass(format('%I.%I', w.schema_name, w.table_name)));
         CONTINUE WHEN tbl IS NULL;
         IF mode = 'trigger' THEN
             PERFORM walhook.install_capture(tbl, w.verbs);
@@ -482,7 +526,21 @@ BEGIN
 END
 $$;
 
+-- The default event noun of a table name: lower-case, every other character folded to `_`
+-- (runs collapsed, `_` trimmed at both ends), `t_` before a leading digit, so that it
+-- matches ^[a-z][a-z0-9_]*$ ('Order Items' → order_items, '2024 Sales' → t_2024_sales).
+-- NULL when nothing is left (a name of symbols only).
+CREATE OR REPLACE FUNCTION walhook.default_noun(name text) RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN folded = '' THEN NULL WHEN folded ~ '^[0-9]' THEN 't_' || folded ELSE folded END
+    FROM (SELECT trim(both '_' from regexp_replace(lower(name), '[^a-z0-9]+', '_', 'g')) AS folded) f
+$$;
+
 -- Watch a table: its changes become <noun>.created/updated/deleted (and truncated if asked).
+-- A partitioned table is watched with all its partitions, present and future: their changes
+-- are the parent's events. The watch follows the table's OID (relid) through renames.
 -- SECURITY DEFINER, so a walhook_admin that does not own the table can set its replica
 -- identity, publish it and install capture triggers; check_watcher requires it can read it.
 CREATE OR REPLACE FUNCTION walhook.watch(
@@ -501,10 +559,12 @@ DECLARE
     holder record;
     has_key boolean;
     pub text;
+    part regclass;
+    suggestion text;
     result walhook.watched_tables;
 BEGIN
     PERFORM walhook.check_watcher(tbl, 'walhook.watch');
-    SELECT c.relname, n.nspname, c.relkind, c.relreplident INTO rel
+    SELECT c.relname, n.nspname, c.relkind, c.relreplident, format('%I.%I', n.nspname, c.relname) AS qualified INTO rel
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
     IF rel.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'walhook.watch: % is not an ordinary table', tbl USING ERRCODE = 'wrong_object_type';
@@ -512,41 +572,59 @@ BEGIN
     IF rel.nspname = 'walhook' THEN
         RAISE EXCEPTION 'walhook.watch: walhook''s own tables cannot be watched' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    chosen_noun := coalesce(noun, lower(rel.relname));
-    IF chosen_noun !~ '^[a-z][a-z0-9_]*$' THEN
-        RAISE EXCEPTION 'walhook.watch: noun % must be lower-case letters, digits and _, starting with a letter', quote_literal(chosen_noun)
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'pass noun => ''...''';
+    chosen_noun := coalesce(noun, walhook.default_noun(rel.relname));
+    IF chosen_noun IS NULL OR chosen_noun !~ '^[a-z][a-z0-9_]*$' THEN
+        RAISE EXCEPTION 'walhook.watch: noun % of table % must be lower-case letters, digits and _, starting with a letter; pass noun => ''...''',
+                        coalesce(quote_literal(chosen_noun), '(none: the table name has no letter or digit)'), rel.qualified
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('e.g. walhook.watch(%L, noun => ''my_table'')', rel.qualified);
     END IF;
     IF cardinality(chosen_verbs) = 0 OR NOT chosen_verbs <@ '{created,updated,deleted,truncated}'::text[] THEN
         RAISE EXCEPTION 'walhook.watch: verbs % must be a non-empty subset of {created,updated,deleted,truncated}', chosen_verbs
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT schema_name, table_name INTO holder FROM walhook.watched_tables w
-    WHERE w.noun = chosen_noun AND (w.schema_name, w.table_name) <> (rel.nspname, rel.relname);
+    -- The watch row follows the table: refresh names changed by a RENAME or SET SCHEMA.
+    UPDATE walhook.watched_tables w SET schema_name = rel.nspname, table_name = rel.relname
+    WHERE w.relid = tbl AND (w.schema_name, w.table_name) <> (rel.nspname, rel.relname);
+    SELECT format('%I.%I', w.schema_name, w.table_name) AS qualified INTO holder FROM walhook.watched_tables w
+    WHERE w.noun = chosen_noun AND w.relid IS DISTINCT FROM tbl::oid
+      AND (w.schema_name, w.table_name) <> (rel.nspname, rel.relname);
     IF FOUND THEN
-        RAISE EXCEPTION 'walhook.watch: noun % is already used by table %.%', quote_literal(chosen_noun), holder.schema_name, holder.table_name
-            USING ERRCODE = 'unique_violation', HINT = 'pass another noun => ''...''';
+        suggestion := coalesce(walhook.default_noun(rel.nspname || '_' || rel.relname), 'my_table');
+        RAISE EXCEPTION 'walhook.watch: noun % of table % is already used by table %; pass another noun => %',
+                        quote_literal(chosen_noun), rel.qualified, holder.qualified, quote_literal(suggestion)
+            USING ERRCODE = 'unique_violation',
+                  HINT = format('e.g. walhook.watch(%L, noun => %L)', rel.qualified, suggestion);
     END IF;
     SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND (indisprimary OR indisreplident)) INTO has_key;
     IF full_identity THEN
-        IF rel.relreplident <> 'f' THEN
-            EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', tbl);
-        END IF;
+        -- REPLICA IDENTITY does not cascade to partitions: set it on every one, all levels
+        -- (the daemon does the same for partitions attached later).
+        FOR part IN SELECT c.oid FROM pg_class c
+                    WHERE c.oid IN (SELECT tbl UNION SELECT t.relid FROM pg_partition_tree(tbl) t)
+                      AND c.relreplident <> 'f' AND c.relkind IN ('r', 'p') LOOP
+            EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', part);
+        END LOOP;
     ELSIF NOT has_key AND rel.relreplident <> 'f' THEN
         RAISE EXCEPTION 'walhook.watch: % has no primary key and no replica identity index, so once published its UPDATE and DELETE statements would fail', tbl
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'add a primary key, or call walhook.watch(..., full_identity => true)';
     END IF;
-    INSERT INTO walhook.watched_tables AS w (schema_name, table_name, noun, verbs, full_identity)
-    VALUES (rel.nspname, rel.relname, chosen_noun, chosen_verbs, full_identity)
+    INSERT INTO walhook.watched_tables AS w (schema_name, table_name, noun, verbs, full_identity, relid)
+    VALUES (rel.nspname, rel.relname, chosen_noun, chosen_verbs, full_identity, tbl)
     ON CONFLICT (schema_name, table_name) DO UPDATE
-        SET noun = EXCLUDED.noun, verbs = EXCLUDED.verbs, full_identity = EXCLUDED.full_identity
+        SET noun = EXCLUDED.noun, verbs = EXCLUDED.verbs, full_identity = EXCLUDED.full_identity,
+            relid = EXCLUDED.relid
     RETURNING * INTO result;
     IF (SELECT value FROM walhook.settings WHERE name = 'capture_mode') = 'trigger' THEN
         PERFORM walhook.install_capture(tbl, chosen_verbs);
     END IF;
-    -- Keep walhook's publication in step when it exists (the daemon creates it at start).
+    -- Keep walhook's publication in step when it exists (the daemon creates it at start);
+    -- partitions are published as their root's changes.
     SELECT value INTO pub FROM walhook.settings WHERE name = 'publication';
+    IF EXISTS (SELECT 1 FROM pg_publication WHERE pubname = pub AND NOT pubviaroot) THEN
+        EXECUTE format('ALTER PUBLICATION %I SET (publish_via_partition_root = true)', pub);
+    END IF;
     IF EXISTS (SELECT 1 FROM pg_publication WHERE pubname = pub)
        AND NOT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                        WHERE p.pubname = pub AND pr.prrelid = tbl) THEN
@@ -563,19 +641,91 @@ AS $$
 DECLARE
     pub text;
     removed boolean;
+    below record;
 BEGIN
     PERFORM walhook.check_watcher(tbl, 'walhook.unwatch');
     DELETE FROM walhook.watched_tables w
     USING pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.oid = tbl AND w.schema_name = n.nspname AND w.table_name = c.relname;
+    WHERE c.oid = tbl AND (w.relid = tbl OR (w.schema_name = n.nspname AND w.table_name = c.relname));
     removed := FOUND;
     PERFORM walhook.remove_capture(tbl);
+    -- In trigger mode, watched partitions below lose the clones of tbl's trigger: their own
+    -- come back (upper levels first, whose clones then cover the levels below).
+    IF (SELECT value FROM walhook.settings WHERE name = 'capture_mode') = 'trigger' THEN
+        FOR below IN SELECT t.relid, wt.verbs FROM pg_partition_tree(tbl) t
+                     JOIN walhook.watched_tables wt ON wt.relid = t.relid::oid
+                     WHERE t.relid <> tbl ORDER BY t.level LOOP
+            PERFORM walhook.install_capture(below.relid, below.verbs);
+        END LOOP;
+    END IF;
     SELECT value INTO pub FROM walhook.settings WHERE name = 'publication';
     IF EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                WHERE p.pubname = pub AND pr.prrelid = tbl) THEN
         EXECUTE format('ALTER PUBLICATION %I DROP TABLE %s', pub, tbl);
     END IF;
     RETURN removed;
+END
+$$;
+
+-- Keeps watches in step with DDL on the watched tables; the daemon calls it about once a
+-- second and logs each row returned:
+--   dropped   the table is gone: its watch is removed;
+--   renamed   RENAME / SET SCHEMA: the watch's names follow the table (same noun);
+--   identity  a partition attached (or created PARTITION OF) since got REPLICA IDENTITY FULL,
+--             as walhook.watch() gives the partitions it finds (full_identity watches);
+--   failed    one of the above could not be done (the detail says why; retried next time).
+-- Locks are not waited for long (lock_timeout): a busy table is retried on the next call.
+CREATE OR REPLACE FUNCTION walhook.reconcile_watches() RETURNS TABLE (action text, detail text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp SET lock_timeout = '200ms'
+AS $$
+DECLARE
+    part record;
+BEGIN
+    -- Rows from before relid was recorded: link them by name.
+    UPDATE walhook.watched_tables w SET relid = c.oid
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE w.relid IS NULL AND n.nspname = w.schema_name AND c.relname = w.table_name;
+    RETURN QUERY
+        WITH gone AS (
+            DELETE FROM walhook.watched_tables w
+            WHERE w.relid IS NULL OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = w.relid)
+            RETURNING w.schema_name, w.table_name, w.noun)
+        SELECT 'dropped', format('%I.%I (noun %s)', g.schema_name, g.table_name, g.noun) FROM gone g;
+    BEGIN
+        RETURN QUERY
+            WITH now_named AS (
+                SELECT w.schema_name AS old_schema, w.table_name AS old_table, n.nspname, c.relname
+                FROM walhook.watched_tables w JOIN pg_class c ON c.oid = w.relid
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE (w.schema_name, w.table_name) <> (n.nspname, c.relname)),
+            moved AS (
+                UPDATE walhook.watched_tables w SET schema_name = m.nspname, table_name = m.relname
+                FROM now_named m WHERE (w.schema_name, w.table_name) = (m.old_schema, m.old_table)
+                RETURNING m.old_schema, m.old_table, w.schema_name AS new_schema, w.table_name AS new_table, w.noun)
+            SELECT 'renamed', format('%I.%I → %I.%I (noun %s)', m.old_schema, m.old_table, m.new_schema, m.new_table, m.noun)
+            FROM moved m;
+    EXCEPTION WHEN others THEN
+        action := 'failed';
+        detail := 'renaming watches: ' || SQLERRM;
+        RETURN NEXT;
+    END;
+    FOR part IN SELECT c.oid::regclass AS tbl, format('%I.%I', w.schema_name, w.table_name) AS watched
+                FROM walhook.watched_tables w
+                CROSS JOIN LATERAL pg_partition_tree(w.relid::regclass) t
+                JOIN pg_class c ON c.oid = t.relid
+                WHERE w.full_identity AND c.relreplident <> 'f' AND c.relkind IN ('r', 'p')
+                  AND EXISTS (SELECT 1 FROM pg_class wc WHERE wc.oid = w.relid) LOOP
+        BEGIN
+            EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', part.tbl);
+            action := 'identity';
+            detail := format('%s (partition of watched %s): REPLICA IDENTITY FULL', part.tbl, part.watched);
+        EXCEPTION WHEN others THEN
+            action := 'failed';
+            detail := format('REPLICA IDENTITY FULL on %s (partition of watched %s): %s', part.tbl, part.watched, SQLERRM);
+        END;
+        RETURN NEXT;
+    END LOOP;
 END
 $$;
 

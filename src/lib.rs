@@ -16,6 +16,7 @@
 //! src/delivery/      dispatcher (per-row chains, watermark), sender, signing, SSRF guard,
 //!                    retry policy, queue table and retrier
 //! src/switch.rs      capture-mode switches split at the switch LSN (nothing lost or repeated)
+//! src/table_names.rs how a table named in the config is found (exact names, then SQL syntax)
 //! src/lsn.rs         WAL positions
 //! ```
 //!
@@ -46,3 +47,4 @@ pub mod lsn;
 pub mod pgoutput;
 pub mod subscriptions;
 pub mod switch;
+pub mod table_names;

@@ -49,8 +49,11 @@ pub async fn identify_system(conn: &mut Connection) -> Result<SystemInfo, Captur
     Ok(info)
 }
 
-/// Creates the publication when absent and adds the configured tables it lacks.
-/// `tables` are `table` or `schema.table`.
+/// Creates the publication when absent and adds the configured tables it lacks. The
+/// publication publishes partitions via their root (`publish_via_partition_root`), so a
+/// watched partitioned table's changes arrive as the parent's; an older publication
+/// without it is altered. `tables` are named as [`crate::table_names`] describes; one that
+/// does not exist (dropped since it was watched) is skipped with a warning.
 pub async fn ensure_publication(
     conn: &mut Connection,
     publication: &str,
@@ -58,26 +61,52 @@ pub async fn ensure_publication(
 ) -> Result<(), CaptureError> {
     let exists = conn
         .simple_query(&format!(
-            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
+            "SELECT pubviaroot FROM pg_catalog.pg_publication WHERE pubname = {}",
             quote_literal(publication)
         ))
         .await?;
-    if exists.is_empty() {
-        conn.simple_query(&format!("CREATE PUBLICATION {}", quote_ident(publication)))
-            .await?;
-        tracing::info!(publication, "created publication");
-    }
-    for table in tables {
-        let name = qualified(table);
-        let member = conn
-            .simple_query(&format!(
-                "SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p \
-                 ON p.oid = pr.prpubid WHERE p.pubname = {} AND pr.prrelid = {}::regclass",
-                quote_literal(publication),
-                quote_literal(&name)
+    match exists.first() {
+        None => {
+            conn.simple_query(&format!(
+                "CREATE PUBLICATION {} WITH (publish_via_partition_root = true)",
+                quote_ident(publication)
             ))
             .await?;
-        if member.is_empty() {
+            tracing::info!(publication, "created publication");
+        }
+        Some(row) if row.first().cloned().flatten().as_deref() != Some("t") => {
+            conn.simple_query(&format!(
+                "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                quote_ident(publication)
+            ))
+            .await?;
+            tracing::info!(
+                publication,
+                "publication now publishes partitions via their root"
+            );
+        }
+        Some(_) => {}
+    }
+    for table in tables {
+        let candidates = crate::table_names::regclass_candidates(table);
+        let found = conn
+            .simple_query(&format!(
+                "SELECT format('%I.%I', n.nspname, c.relname), EXISTS (SELECT 1 FROM \
+                 pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid \
+                 WHERE p.pubname = {} AND pr.prrelid = c.oid) \
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = coalesce(pg_catalog.to_regclass({}), pg_catalog.to_regclass({}))",
+                quote_literal(publication),
+                quote_literal(&candidates[0]),
+                quote_literal(candidates.last().unwrap_or(&candidates[0])),
+            ))
+            .await?;
+        let Some(row) = found.first() else {
+            tracing::warn!(publication, table = %table, "watched table does not exist (dropped?); not published");
+            continue;
+        };
+        let name = row.first().cloned().flatten().unwrap_or_default();
+        if row.get(1).cloned().flatten().as_deref() != Some("t") {
             conn.simple_query(&format!(
                 "ALTER PUBLICATION {} ADD TABLE {name}",
                 quote_ident(publication)
@@ -87,14 +116,6 @@ pub async fn ensure_publication(
         }
     }
     Ok(())
-}
-
-/// `orders` → `"orders"`, `app.orders` → `"app"."orders"`.
-fn qualified(table: &str) -> String {
-    match table.split_once('.') {
-        Some((schema, name)) => format!("{}.{}", quote_ident(schema), quote_ident(name)),
-        None => quote_ident(table),
-    }
 }
 
 /// Creates the logical slot (pgoutput) when absent; returns its `confirmed_flush_lsn`, the

@@ -83,7 +83,7 @@ impl Delivery {
                         snapshot = routing.snapshot();
                     }
                     Some(CaptureMessage::Change(change)) => {
-                        let Some(watch) = snapshot.watch(&change.table.schema, &change.table.name) else { continue };
+                        let Some(watch) = snapshot.watch_table(&change.table) else { continue };
                         let Some(event) = Event::from_change(change, watch) else { continue };
                         let event = Arc::new(event);
                         let now = chrono::Utc::now().timestamp_micros();

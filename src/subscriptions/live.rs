@@ -7,6 +7,10 @@
 //! also rebuilt after every (re)connect and every `refresh` interval, so a missed
 //! notification loses nothing.
 //!
+//! Beside it, a reconciler calls `walhook.reconcile_watches()` every second: watches of
+//! dropped tables are removed, renamed tables' watches follow them, partitions attached to
+//! a watched table get `REPLICA IDENTITY FULL`.
+//!
 //! A writer that must see its own change take effect (the REST API, before it answers) calls
 //! [`LiveRouting::reload`]: loads are numbered when they start, and an index is published only
 //! if no later-started load was published first, so a reload that starts after a commit
@@ -28,6 +32,11 @@ use super::store::{self, StoreError};
 
 /// The channel the config triggers notify.
 pub const CHANNEL: &str = "walhook_config";
+
+/// How often watches are brought in step with DDL on the watched tables (dropped, renamed,
+/// partitions attached): see [`store::reconcile_watches`]. Its changes to
+/// `walhook.watched_tables` notify [`CHANNEL`], so the index follows at once.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
 /// A handle on the current routing index.
 #[derive(Clone)]
@@ -90,7 +99,15 @@ impl LiveRouting {
             published: Mutex::new(0),
         });
         let mut conn = store::connect(&database_url).await?;
+        if let Err(e) = store::reconcile_watches(&mut conn).await {
+            tracing::warn!(error = %e, "cannot bring watches in step with the tables");
+        }
         publisher.load(&mut conn).await?;
+        tokio::spawn(reconcile_forever(
+            database_url.clone(),
+            RECONCILE_EVERY,
+            cancel.clone(),
+        ));
         tokio::spawn(reload_forever(
             database_url,
             refresh,
@@ -167,4 +184,32 @@ async fn listen_and_reload(
     .await;
     driver.abort();
     result
+}
+
+/// Calls [`store::reconcile_watches`] every `every` until `cancel`, reconnecting after errors.
+async fn reconcile_forever(url: String, every: Duration, cancel: CancellationToken) {
+    let mut conn = None;
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        if conn.is_none() {
+            match store::connect(&url).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch reconciliation: cannot connect");
+                    continue;
+                }
+            }
+        }
+        if let Some(c) = conn.as_mut()
+            && let Err(e) = store::reconcile_watches(c).await
+        {
+            tracing::warn!(error = %e, "watch reconciliation failed");
+            conn = None;
+        }
+    }
 }

@@ -86,6 +86,11 @@ pub struct RoutingIndex {
     by_type: HashMap<String, Vec<Arc<Route>>>,
     by_id: HashMap<uuid::Uuid, Arc<Route>>,
     nouns: HashMap<(String, String), crate::events::Watch>,
+    /// Watched tables by OID → their (schema, table) in `nouns`, and back: a change is
+    /// matched by its table's OID first, so a renamed table keeps its watch before the
+    /// watch's names catch up.
+    by_relid: HashMap<u32, (String, String)>,
+    relid_of: HashMap<(String, String), u32>,
 }
 
 impl RoutingIndex {
@@ -116,6 +121,11 @@ impl RoutingIndex {
             }
         }
         for t in tables {
+            if let Some(relid) = t.relid {
+                let key = (t.schema_name.clone(), t.table_name.clone());
+                index.by_relid.insert(relid, key.clone());
+                index.relid_of.insert(key, relid);
+            }
             let watch = crate::events::Watch {
                 noun: t.noun,
                 verbs: t.verbs,
@@ -130,11 +140,24 @@ impl RoutingIndex {
         self.nouns.get(&(schema.to_owned(), table.to_owned()))
     }
 
-    /// Watched tables as `schema.table`.
+    /// How the captured `table` is watched, if it is: by its OID, else by its name unless
+    /// that name is watched as another table (a different OID).
+    pub fn watch_table(&self, table: &crate::change::Table) -> Option<&crate::events::Watch> {
+        if let Some(key) = self.by_relid.get(&table.id) {
+            return self.nouns.get(key);
+        }
+        let key = (table.schema.clone(), table.name.clone());
+        match self.relid_of.get(&key) {
+            Some(_) if table.id != 0 => None,
+            _ => self.nouns.get(&key),
+        }
+    }
+
+    /// Watched tables as quoted `"schema"."table"` names (see [`crate::table_names`]).
     pub fn watched_tables(&self) -> Vec<String> {
         self.nouns
             .keys()
-            .map(|(schema, table)| format!("{schema}.{table}"))
+            .map(|(schema, table)| crate::table_names::qualified(schema, table))
             .collect()
     }
 
@@ -233,6 +256,7 @@ mod tests {
             table_name: noun.into(),
             noun: noun.into(),
             verbs: vec!["created".into(), "updated".into(), "deleted".into()],
+            relid: None,
         };
         vec![table("orders"), table("invoices")]
     }
@@ -316,6 +340,38 @@ mod tests {
         assert!(!pattern_covers("orders.created", "orders.*"));
         assert!(!pattern_covers("*.deleted", "*.*"));
         assert!(!pattern_covers("invoices.*", "orders.created"));
+    }
+
+    #[test]
+    fn changes_find_their_watch_by_oid_first_then_by_name() {
+        let mut tables = tables();
+        tables[0].relid = Some(42); // orders
+        let index = RoutingIndex::build(tables, Vec::new());
+        let table = |id: u32, name: &str| Table {
+            id,
+            schema: "public".into(),
+            name: name.into(),
+            columns: vec![],
+            key: vec![],
+        };
+        let noun = |t: &Table| index.watch_table(t).map(|w| w.noun.clone());
+        // Renamed since the watch was loaded: found by OID under its noun.
+        assert_eq!(noun(&table(42, "purchases")), Some("orders".into()));
+        assert_eq!(noun(&table(42, "orders")), Some("orders".into()));
+        // Another table now carrying the watched name: not this watch.
+        assert_eq!(noun(&table(7, "orders")), None);
+        // No OID recorded for invoices: by name; an unknown OID (0) also by name.
+        assert_eq!(noun(&table(9, "invoices")), Some("invoices".into()));
+        assert_eq!(noun(&table(0, "orders")), Some("orders".into()));
+        assert_eq!(noun(&table(9, "other")), None);
+        assert_eq!(
+            {
+                let mut names = index.watched_tables();
+                names.sort();
+                names
+            },
+            vec![r#""public"."invoices""#, r#""public"."orders""#]
+        );
     }
 
     #[test]

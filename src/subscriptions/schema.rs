@@ -15,6 +15,9 @@ diesel::table! {
         full_identity -> Bool,
         /// When it was watched.
         created_at -> Timestamptz,
+        /// The table's OID: the watch follows it through renames (NULL only before the
+        /// daemon linked an older row).
+        relid -> Nullable<Oid>,
     }
 }
 

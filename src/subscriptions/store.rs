@@ -50,6 +50,8 @@ pub struct WatchedTable {
     pub noun: String,
     /// Verbs produced.
     pub verbs: Vec<String>,
+    /// The table's OID (changes are matched to the watch by it, so a rename keeps it).
+    pub relid: Option<u32>,
 }
 
 /// A subscription row, as routing needs it.
@@ -120,21 +122,85 @@ fn apply(
 }
 
 /// Watches each table (`walhook.watch` with its defaults) unless it already is watched.
+/// Names are found as [`crate::table_names`] describes; a table that does not exist is
+/// skipped with a warning (it may have been dropped since the configuration was written),
+/// so walhook still starts and delivers the others.
 pub async fn watch_tables(
     conn: &mut AsyncPgConnection,
     tables: &[String],
 ) -> Result<(), StoreError> {
     for table in tables {
-        diesel::sql_query(
-            "SELECT walhook.watch($1::regclass) WHERE NOT EXISTS (SELECT 1 FROM walhook.watched_tables w \
-             JOIN pg_class c ON c.relname = w.table_name JOIN pg_namespace n ON n.oid = c.relnamespace \
-             AND n.nspname = w.schema_name WHERE c.oid = $1::regclass)",
+        let candidates = crate::table_names::regclass_candidates(table);
+        let found: Vec<Resolved> = diesel::sql_query(
+            "SELECT r.oid::int8 AS oid FROM (SELECT coalesce(to_regclass($1), to_regclass($2))::oid AS oid) r \
+             WHERE r.oid IS NOT NULL",
         )
-        .bind::<diesel::sql_types::Text, _>(table)
+        .bind::<diesel::sql_types::Text, _>(&candidates[0])
+        .bind::<diesel::sql_types::Text, _>(candidates.last().unwrap_or(&candidates[0]))
+        .load(conn)
+        .await?;
+        let Some(Resolved { oid }) = found.into_iter().next() else {
+            tracing::warn!(table = %table, "[[tables]]: no such table; not watched");
+            continue;
+        };
+        diesel::sql_query(
+            "SELECT walhook.watch($1::oid::regclass) WHERE NOT EXISTS \
+             (SELECT 1 FROM walhook.watched_tables w WHERE w.relid = $1::oid)",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(oid)
         .execute(conn)
         .await?;
     }
     Ok(())
+}
+
+/// A table name resolved to its OID.
+#[derive(QueryableByName)]
+struct Resolved {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    oid: i64,
+}
+
+/// One change `walhook.reconcile_watches()` made: `dropped`, `renamed`, `identity` or
+/// `failed`, and what it concerned.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct Reconciled {
+    /// What was done.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub action: String,
+    /// The table(s) and noun concerned.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub detail: String,
+}
+
+/// Brings the watches in step with DDL on watched tables (see `walhook.reconcile_watches`
+/// in `sql/walhook.sql`): removes the watches of dropped tables, follows renames, gives
+/// partitions attached since `REPLICA IDENTITY FULL`. Logs and returns what it changed.
+pub async fn reconcile_watches(
+    conn: &mut AsyncPgConnection,
+) -> Result<Vec<Reconciled>, StoreError> {
+    let changes: Vec<Reconciled> =
+        diesel::sql_query("SELECT action, detail FROM walhook.reconcile_watches()")
+            .load(conn)
+            .await?;
+    for change in &changes {
+        match change.action.as_str() {
+            "dropped" => tracing::warn!(
+                table = %change.detail,
+                "watched table was dropped; its watch is removed"
+            ),
+            "renamed" => tracing::info!(
+                table = %change.detail,
+                "watched table was renamed; its watch follows it under the same noun"
+            ),
+            "identity" => tracing::info!(
+                table = %change.detail,
+                "partition of a watched table set to REPLICA IDENTITY FULL"
+            ),
+            _ => tracing::warn!(problem = %change.detail, "cannot keep a watch in step"),
+        }
+    }
+    Ok(changes)
 }
 
 /// Opens a connection for routing loads.

@@ -2,5 +2,7 @@
 
 mod auth;
 mod changes;
+mod ddl;
 mod durability;
+mod partitions;
 mod values;

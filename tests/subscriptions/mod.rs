@@ -2,4 +2,5 @@
 
 mod envelope;
 mod live;
+mod nouns;
 mod sql;

@@ -100,7 +100,8 @@ async fn watch_sets_identity_keeps_the_publication_and_refuses_what_would_break(
 
     assert_eq!(
         error_of(&db, "SELECT walhook.watch('invoices', noun => 'orders')").await,
-        "walhook.watch: noun 'orders' is already used by table public.orders"
+        "walhook.watch: noun 'orders' of table public.invoices is already used by table \
+         public.orders; pass another noun => 'public_invoices'"
     );
     assert_eq!(
         error_of(&db, "SELECT walhook.watch('nokey', full_identity => false)").await,
@@ -113,7 +114,8 @@ async fn watch_sets_identity_keeps_the_publication_and_refuses_what_would_break(
     );
     assert_eq!(
         error_of(&db, "SELECT walhook.watch('invoices', noun => 'Bad Noun')").await,
-        "walhook.watch: noun 'Bad Noun' must be lower-case letters, digits and _, starting with a letter"
+        "walhook.watch: noun 'Bad Noun' of table public.invoices must be lower-case letters, \
+         digits and _, starting with a letter; pass noun => '...'"
     );
     // full identity makes a key-less table safe to publish.
     db.exec("SELECT walhook.watch('nokey'); UPDATE nokey SET v = 1;")
