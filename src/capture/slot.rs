@@ -3,6 +3,10 @@
 //! Order matters: the publication is created before the slot, because pgoutput reads the
 //! publication through the historic snapshot of each change, and a publication younger than
 //! the slot's consistent point would be "does not exist" for the changes in between.
+//!
+//! The session's `search_path` is `pg_catalog, pg_temp`; tables are named by (schema, table)
+//! pairs, catalog comparisons are cast, and literals use `E''` escaping (see
+//! [`quote_literal`]) so nothing depends on `standard_conforming_strings`.
 
 use super::connection::{Connection, quote_ident, quote_literal};
 use super::error::CaptureError;
@@ -50,15 +54,15 @@ pub async fn identify_system(conn: &mut Connection) -> Result<SystemInfo, Captur
 }
 
 /// Creates the publication when absent and adds the configured tables it lacks.
-/// `tables` are `table` or `schema.table`.
+/// `tables` are (schema, table) pairs.
 pub async fn ensure_publication(
     conn: &mut Connection,
     publication: &str,
-    tables: &[String],
+    tables: &[(String, String)],
 ) -> Result<(), CaptureError> {
     let exists = conn
         .simple_query(&format!(
-            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname OPERATOR(pg_catalog.=) {}::pg_catalog.name",
             quote_literal(publication)
         ))
         .await?;
@@ -67,12 +71,14 @@ pub async fn ensure_publication(
             .await?;
         tracing::info!(publication, "created publication");
     }
-    for table in tables {
-        let name = qualified(table);
+    for (schema, table) in tables {
+        let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
         let member = conn
             .simple_query(&format!(
                 "SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p \
-                 ON p.oid = pr.prpubid WHERE p.pubname = {} AND pr.prrelid = {}::regclass",
+                 ON p.oid OPERATOR(pg_catalog.=) pr.prpubid \
+                 WHERE p.pubname OPERATOR(pg_catalog.=) {}::pg_catalog.name \
+                 AND pr.prrelid OPERATOR(pg_catalog.=) {}::pg_catalog.regclass::pg_catalog.oid",
                 quote_literal(publication),
                 quote_literal(&name)
             ))
@@ -89,21 +95,13 @@ pub async fn ensure_publication(
     Ok(())
 }
 
-/// `orders` → `"orders"`, `app.orders` → `"app"."orders"`.
-fn qualified(table: &str) -> String {
-    match table.split_once('.') {
-        Some((schema, name)) => format!("{}.{}", quote_ident(schema), quote_ident(name)),
-        None => quote_ident(table),
-    }
-}
-
 /// Creates the logical slot (pgoutput) when absent; returns its `confirmed_flush_lsn`, the
 /// position already acknowledged durably by an earlier run.
 pub async fn ensure_slot(conn: &mut Connection, slot: &str) -> Result<Lsn, CaptureError> {
     let rows = conn
         .simple_query(&format!(
             "SELECT plugin, database, confirmed_flush_lsn FROM pg_catalog.pg_replication_slots \
-             WHERE slot_name = {}",
+             WHERE slot_name OPERATOR(pg_catalog.=) {}::pg_catalog.name",
             quote_literal(slot)
         ))
         .await?;

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::routing::RoutingIndex;
 use super::store::{self, StoreError};
+use crate::database::Database;
 
 /// The channel the config triggers notify.
 pub const CHANNEL: &str = "walhook_config";
@@ -79,7 +80,7 @@ impl LiveRouting {
 
     /// Loads the index once, then keeps it current until `cancel`.
     pub async fn start(
-        database_url: String,
+        database: Database,
         refresh: Duration,
         cancel: CancellationToken,
     ) -> Result<LiveRouting, StoreError> {
@@ -89,27 +90,22 @@ impl LiveRouting {
             started: AtomicU64::new(0),
             published: Mutex::new(0),
         });
-        let mut conn = store::connect(&database_url).await?;
+        let mut conn = store::connect(&database).await?;
         publisher.load(&mut conn).await?;
-        tokio::spawn(reload_forever(
-            database_url,
-            refresh,
-            publisher.clone(),
-            cancel,
-        ));
+        tokio::spawn(reload_forever(database, refresh, publisher.clone(), cancel));
         Ok(LiveRouting { current, publisher })
     }
 }
 
 async fn reload_forever(
-    url: String,
+    database: Database,
     refresh: Duration,
     publisher: Arc<Publisher>,
     cancel: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(100);
     while !cancel.is_cancelled() {
-        match listen_and_reload(&url, refresh, &publisher, &cancel).await {
+        match listen_and_reload(&database, refresh, &publisher, &cancel).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "routing reload interrupted");
@@ -125,12 +121,13 @@ async fn reload_forever(
 
 /// One LISTEN session: reload now, then on every notification and every `refresh`.
 async fn listen_and_reload(
-    url: &str,
+    database: &Database,
     refresh: Duration,
     publisher: &Publisher,
     cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
-    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (client, mut connection) = database
+        .connect()
         .await
         .map_err(|e| StoreError::Listen(e.to_string()))?;
     let (wake_tx, mut wake) = mpsc::channel::<()>(1);
@@ -151,7 +148,7 @@ async fn listen_and_reload(
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
             .map_err(|e| StoreError::Listen(e.to_string()))?;
-        let mut conn = store::connect(url).await?;
+        let mut conn = store::connect(database).await?;
         let mut ticker = tokio::time::interval(refresh);
         loop {
             publisher.load(&mut conn).await?;

@@ -130,12 +130,9 @@ impl RoutingIndex {
         self.nouns.get(&(schema.to_owned(), table.to_owned()))
     }
 
-    /// Watched tables as `schema.table`.
-    pub fn watched_tables(&self) -> Vec<String> {
-        self.nouns
-            .keys()
-            .map(|(schema, table)| format!("{schema}.{table}"))
-            .collect()
+    /// Watched tables as (schema, table) pairs.
+    pub fn watched_tables(&self) -> Vec<(String, String)> {
+        self.nouns.keys().cloned().collect()
     }
 
     /// The routes that receive `event` now.

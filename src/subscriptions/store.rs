@@ -1,4 +1,10 @@
 //! Data access for walhook's own schema: migrations, and loading what routing needs.
+//!
+//! Connections come from the [`Database`] handle, pinned to `search_path = pg_catalog,
+//! pg_temp`. The one exception is diesel's own bookkeeping table during [`migrate`]:
+//! `__diesel_schema_migrations` is named unqualified by diesel, so the migration harness runs
+//! with `search_path = public, pg_temp` (pg_catalog is then still searched first, implicitly),
+//! and `sql/walhook.sql` is installed with the pinned path again.
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -7,6 +13,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::schema::{subscriptions, watched_tables};
+use crate::database::{Database, DatabaseError, SEARCH_PATH};
 
 /// The diesel migrations in `migrations/`.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -21,8 +28,8 @@ const MIGRATE_LOCK: i64 = 0x77_616c_686f_6f6b;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Could not connect.
-    #[error("cannot connect to the database: {0}")]
-    Connect(#[from] diesel::ConnectionError),
+    #[error(transparent)]
+    Connect(#[from] DatabaseError),
     /// A query failed.
     #[error("database query failed: {0}")]
     Query(#[from] diesel::result::Error),
@@ -77,14 +84,14 @@ pub struct Subscription {
 /// Applies pending migrations and (re)installs `sql/walhook.sql`, under an advisory lock so
 /// concurrent runs are safe; records the publication name SQL functions keep in step.
 pub async fn migrate(
-    database_url: &str,
+    database: &Database,
     publication: &str,
     allow_private_targets: bool,
 ) -> Result<(), StoreError> {
-    let url = database_url.to_owned();
+    let conn = database.diesel().await?;
     let publication = publication.to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATE_LOCK})"))?;
         let result = apply(&mut conn, &publication, allow_private_targets);
         conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATE_LOCK})"))?;
@@ -99,8 +106,14 @@ fn apply(
     publication: &str,
     allow_private_targets: bool,
 ) -> Result<(), StoreError> {
-    conn.run_pending_migrations(MIGRATIONS)
-        .map_err(|e| StoreError::Migration(e.to_string()))?;
+    // diesel creates and reads `__diesel_schema_migrations` unqualified (see the module docs).
+    conn.batch_execute("SET search_path = public, pg_temp")?;
+    let migrated = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(|_| ())
+        .map_err(|e| StoreError::Migration(e.to_string()));
+    conn.batch_execute(&format!("SET search_path = {SEARCH_PATH}"))?;
+    migrated?;
     conn.batch_execute(SQL)?;
     let query =
         diesel::sql_query("UPDATE walhook.settings SET value = $1 WHERE name = 'publication'")
@@ -114,17 +127,21 @@ fn apply(
     Ok(())
 }
 
-/// Watches each table (`walhook.watch` with its defaults) unless it already is watched.
+/// Watches each (schema, table) (`walhook.watch` with its defaults) unless it already is
+/// watched.
 pub async fn watch_tables(
     conn: &mut AsyncPgConnection,
-    tables: &[String],
+    tables: &[(String, String)],
 ) -> Result<(), StoreError> {
-    for table in tables {
+    for (schema, table) in tables {
         diesel::sql_query(
-            "SELECT walhook.watch($1::regclass) WHERE NOT EXISTS (SELECT 1 FROM walhook.watched_tables w \
-             JOIN pg_class c ON c.relname = w.table_name JOIN pg_namespace n ON n.oid = c.relnamespace \
-             AND n.nspname = w.schema_name WHERE c.oid = $1::regclass)",
+            "WITH t AS (SELECT pg_catalog.format('%I.%I', $1::pg_catalog.text, $2::pg_catalog.text)\
+             ::pg_catalog.regclass AS oid) \
+             SELECT walhook.watch(t.oid) FROM t WHERE NOT EXISTS (SELECT 1 FROM walhook.watched_tables w \
+             WHERE w.schema_name OPERATOR(pg_catalog.=) $1::pg_catalog.text \
+             AND w.table_name OPERATOR(pg_catalog.=) $2::pg_catalog.text)",
         )
+        .bind::<diesel::sql_types::Text, _>(schema)
         .bind::<diesel::sql_types::Text, _>(table)
         .execute(conn)
         .await?;
@@ -133,8 +150,8 @@ pub async fn watch_tables(
 }
 
 /// Opens a connection for routing loads.
-pub async fn connect(database_url: &str) -> Result<AsyncPgConnection, StoreError> {
-    Ok(<AsyncPgConnection as diesel_async::AsyncConnection>::establish(database_url).await?)
+pub async fn connect(database: &Database) -> Result<AsyncPgConnection, StoreError> {
+    Ok(database.diesel().await?)
 }
 
 /// Everything routing needs: watched tables and active, unexpired subscriptions.
