@@ -230,7 +230,11 @@ impl Tls {
                 if presented.is_empty() {
                     "no subjectAltName".to_owned()
                 } else {
-                    presented.join(", ")
+                    presented
+                        .iter()
+                        .map(|name| presented_name(name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             ),
             Some(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)) => {
@@ -257,6 +261,13 @@ impl Tls {
             _ => format!("handshake with {host} failed: {e}"),
         }
     }
+}
+
+/// rustls renders presented names as `DnsName("db.internal")`; show the name itself.
+fn presented_name(name: &str) -> &str {
+    name.strip_prefix("DnsName(\"")
+        .and_then(|n| n.strip_suffix("\")"))
+        .unwrap_or(name)
 }
 
 fn read(key: &'static str, file: &str) -> Result<Vec<u8>, DatabaseError> {

@@ -3,4 +3,5 @@
 mod auth;
 mod changes;
 mod durability;
+mod tls;
 mod values;
