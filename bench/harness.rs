@@ -280,7 +280,7 @@ async fn main() -> Result<()> {
     let url = pg.url("postgres");
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    walhook::subscriptions::store::migrate(&url, "walhook", true).await?;
+    walhook::subscriptions::store::migrate(&url.parse()?, "walhook", true).await?;
     let seen = Arc::new(Seen::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hook = format!("http://{}/hook", listener.local_addr()?);

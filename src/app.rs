@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::capture::{self, CaptureError, outbox};
 use crate::config::{CaptureMode, Config, ConfigError};
+use crate::database::DatabaseError;
 use crate::delivery::Delivery;
 use crate::delivery::client::{Sender, SenderError};
 use crate::delivery::queue::{self, Queue, QueueError};
@@ -40,6 +41,9 @@ pub enum AppError {
     /// The delivery HTTP client could not be built.
     #[error(transparent)]
     Sender(#[from] SenderError),
+    /// The database cannot be reached, or its pool built.
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
     /// Capture stopped with a definite error.
     #[error(transparent)]
     Capture(#[from] CaptureError),
@@ -61,7 +65,7 @@ pub enum AppError {
 
 /// Runs the daemon until `shutdown` (or a definite capture error).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
-    let url = config.database_url.clone();
+    let database = config.database()?;
     let delivery_config = config.delivery_config()?;
     // Built first: a client that cannot be built (TLS, proxy) stops start-up here.
     let sender = Sender::new(
@@ -70,14 +74,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         delivery_config.proxy.as_deref(),
     )?;
     let dead_letter_retention = config.dead_letter_retention()?;
-    let mut capture_config = config.capture_config()?;
+    let mut capture_config = config.capture_config(database.clone())?;
     store::migrate(
-        &url,
+        &database,
         &config.capture.publication,
         config.delivery.allow_private_targets,
     )
     .await?;
-    let mut conn = store::connect(&url).await?;
+    let mut conn = store::connect(&database).await?;
     let tables: Vec<String> = config.tables.iter().map(|t| t.name.clone()).collect();
     store::watch_tables(&mut conn, &tables).await?;
     drop(conn);
@@ -93,8 +97,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
 
     let background = CancellationToken::new();
     let routing =
-        LiveRouting::start(url.clone(), Duration::from_secs(5), background.clone()).await?;
-    let pool = queue::pool(&url, 16)?;
+        LiveRouting::start(database.clone(), Duration::from_secs(5), background.clone()).await?;
+    let pool = database.pool(16, None)?;
     let drain = Drain {
         config: delivery_config.clone(),
         pool: pool.clone(),
@@ -107,11 +111,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         CaptureMode::Replication => {
             let slot = capture_config.slot.clone();
             let capture = capture::start(capture_config, capture_cancel.clone())?;
-            switch::to_replication(capture, &slot, config.outbox_config()?, &drain, &client).await?
+            switch::to_replication(
+                capture,
+                &slot,
+                config.outbox_config(database.clone())?,
+                &drain,
+                &client,
+            )
+            .await?
         }
         CaptureMode::Trigger => {
             switch::to_trigger(capture_config, &drain, &client).await?;
-            outbox::start(config.outbox_config()?, capture_cancel.clone())
+            outbox::start(
+                config.outbox_config(database.clone())?,
+                capture_cancel.clone(),
+            )
         }
     };
     drop(client);

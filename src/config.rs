@@ -4,6 +4,12 @@
 //! A bad value is refused at start with an error naming its key. `WALHOOK_LOG` (log filter)
 //! and `WALHOOK_CONFIG` (the file) are read by the binary, and `WALHOOK_TEST_DATABASE_URL` by
 //! the tests, not here.
+//!
+//! Unknown keys in a file are errors. `WALHOOK_*` environment variables that name no key are
+//! ignored (Kubernetes injects `WALHOOK_PORT`, `WALHOOK_SERVICE_HOST`… for a Service named
+//! `walhook`): [`Config::load`] returns one warning naming them all, with the closest key for
+//! a name within edit distance 2 of one (a likely typo), for the binary to log once tracing
+//! runs.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capture::CaptureConfig;
 use crate::capture::outbox::OutboxConfig;
+use crate::database::{self, Database, DatabaseError};
 use crate::delivery::DeliveryConfig;
 use crate::delivery::retry::RetryPolicy;
 
@@ -160,8 +167,101 @@ pub struct ApiSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableSection {
-    /// `table` or `schema.table`.
+    /// `table` (in schema `public`) or `schema.table`; SQL identifier syntax, so
+    /// `"Sales"."Order Items"` keeps its case and space.
     pub name: String,
+}
+
+/// Environment keys read elsewhere (the binary, the tests), never configuration.
+const ENV_IGNORED: &[&str] = &["log", "config", "test_database_url"];
+
+/// Every configuration key, dotted (`capture.slot`), sections included: what the
+/// compiled-in defaults define, plus the keys without a default.
+fn known_keys() -> Vec<String> {
+    fn walk(prefix: &str, dict: &figment::value::Dict, out: &mut Vec<String>) {
+        for (key, value) in dict {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            if let figment::value::Value::Dict(_, inner) = value {
+                walk(&path, inner, out);
+            }
+            out.push(path);
+        }
+    }
+    let mut keys = vec!["database_url".to_owned(), "tables".to_owned()];
+    if let Ok(dict) = Figment::from(Toml::string(DEFAULT_TOML)).extract::<figment::value::Dict>() {
+        walk("", &dict, &mut keys);
+    }
+    keys
+}
+
+/// Levenshtein distance (short ASCII keys: the quadratic table is fine).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// `capture.slot` → `WALHOOK_CAPTURE__SLOT`.
+fn env_name(key: &str) -> String {
+    format!("WALHOOK_{}", key.replace('.', "__").to_uppercase())
+}
+
+/// The one warning about `WALHOOK_*` variables that are not configuration keys, if any.
+fn unknown_env(vars: impl Iterator<Item = (String, String)>) -> Option<String> {
+    let known = known_keys();
+    let mut unknown = Vec::new();
+    for (name, _) in vars {
+        let Some(rest) = name.strip_prefix("WALHOOK_") else {
+            continue;
+        };
+        let key = rest.to_lowercase().replace("__", ".");
+        if ENV_IGNORED.contains(&key.as_str()) || known.contains(&key) {
+            continue;
+        }
+        let closest = known
+            .iter()
+            .map(|k| (edit_distance(&env_name(k), &name), k))
+            .min();
+        unknown.push(match closest {
+            Some((distance, k)) if distance <= 2 => {
+                format!("{name} (did you mean {}?)", env_name(k))
+            }
+            _ => name,
+        });
+    }
+    unknown.sort();
+    (!unknown.is_empty()).then(|| {
+        format!(
+            "ignoring environment variables that are not configuration keys: {}",
+            unknown.join(", ")
+        )
+    })
+}
+
+/// A [`DatabaseError`] from parsing `database_url`, as a configuration error.
+fn database_url_error(e: DatabaseError) -> ConfigError {
+    let message = match e {
+        DatabaseError::Parameter { parameter, message } => format!("{parameter}: {message}"),
+        DatabaseError::Parse(message) => format!("not a PostgreSQL connection string: {message}"),
+        other => other.to_string(),
+    };
+    ConfigError::Invalid {
+        key: "database_url",
+        message,
+    }
 }
 
 /// The configuration could not be loaded or is invalid.
@@ -182,30 +282,60 @@ pub enum ConfigError {
 
 impl Config {
     /// Loads defaults < `file` (must exist when given; else `walhook.toml` if present) < env.
-    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    /// Returns the configuration and warnings to log (environment variables ignored).
+    pub fn load(file: Option<&Path>) -> Result<(Config, Vec<String>), ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         figment = match file {
             Some(path) => figment.merge(Toml::file_exact(path)),
             None => figment.merge(Toml::file("walhook.toml")),
         };
+        let known = known_keys();
         figment = figment.merge(
             Env::prefixed("WALHOOK_")
-                .ignore(&["log", "config", "test_database_url"])
+                .ignore(ENV_IGNORED)
+                .filter(move |key| known.contains(&key.as_str().to_lowercase().replace("__", ".")))
                 .split("__"),
         );
         let config: Config = figment.extract().map_err(Box::new)?;
-        config.capture_config()?;
-        config.delivery_config()?;
-        Ok(config)
+        config.validate()?;
+        let warnings = unknown_env(std::env::vars()).into_iter().collect();
+        Ok((config, warnings))
     }
 
     /// Defaults < `toml` only (no file, no environment): for tests and embedding.
     pub fn from_toml(toml: &str) -> Result<Config, ConfigError> {
         let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml));
         let config: Config = figment.extract().map_err(Box::new)?;
-        config.capture_config()?;
-        config.delivery_config()?;
+        config.validate()?;
         Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.capture_config(self.database()?)?;
+        self.delivery_config()?;
+        Ok(())
+    }
+
+    /// The database handle, parsed from `database_url` (TLS files read now). Parse it once
+    /// and clone the handle.
+    pub fn database(&self) -> Result<Database, ConfigError> {
+        Database::parse(&self.database_url).map_err(database_url_error)
+    }
+
+    /// The `[[tables]]` as (schema, table) pairs.
+    pub fn table_names(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        self.tables
+            .iter()
+            .map(|t| {
+                database::split_table_name(&t.name).ok_or_else(|| ConfigError::Invalid {
+                    key: "tables.name",
+                    message: format!(
+                        "{:?} is not `table` or `schema.table` (SQL identifiers)",
+                        t.name
+                    ),
+                })
+            })
+            .collect()
     }
 
     /// The delivery component's configuration, validated.
@@ -284,9 +414,9 @@ impl Config {
         Ok(retention)
     }
 
-    /// Trigger capture's configuration.
-    pub fn outbox_config(&self) -> Result<OutboxConfig, ConfigError> {
-        let capture = self.capture_config()?;
+    /// Trigger capture's configuration, on `database`.
+    pub fn outbox_config(&self, database: Database) -> Result<OutboxConfig, ConfigError> {
+        let capture = self.capture_config(database)?;
         Ok(OutboxConfig {
             database: capture.database,
             batch: 500,
@@ -298,20 +428,13 @@ impl Config {
         })
     }
 
-    /// The capture component's configuration, validated.
-    pub fn capture_config(&self) -> Result<CaptureConfig, ConfigError> {
-        let database = self
-            .database_url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| ConfigError::Invalid {
-                key: "database_url",
-                message: format!("not a PostgreSQL connection string: {e}"),
-            })?;
+    /// The capture component's configuration on `database`, validated.
+    pub fn capture_config(&self, database: Database) -> Result<CaptureConfig, ConfigError> {
         let c = &self.capture;
         let mut capture = CaptureConfig::new(database);
         capture.slot = c.slot.clone();
         capture.publication = c.publication.clone();
-        capture.tables = self.tables.iter().map(|t| t.name.clone()).collect();
+        capture.tables = self.table_names()?;
         capture.status_interval = Duration::from_millis(c.status_interval_ms);
         capture.channel_capacity = c.channel_capacity;
         capture.reconnect_min = Duration::from_millis(c.reconnect_min_ms.max(1));
@@ -338,7 +461,8 @@ mod tests {
                 "database_url = \"postgres://u@127.0.0.1/db\"\n[capture]\nslot = \"from_file\"\n",
             )?;
             jail.set_env("WALHOOK_CAPTURE__STATUS_INTERVAL_MS", "250");
-            let config = Config::load(None).expect("loads");
+            let (config, warnings) = Config::load(None).expect("loads");
+            assert!(warnings.is_empty(), "{warnings:?}");
             assert_eq!(config.capture.slot, "from_file");
             assert_eq!(config.capture.status_interval_ms, 250);
             assert_eq!(config.capture.publication, "walhook");
@@ -430,6 +554,72 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn unknown_environment_variables_warn_once_with_hints() {
+        Jail::expect_with(|jail| {
+            jail.set_env("WALHOOK_DATABASE_URL", "postgres://u@127.0.0.1/db");
+            jail.set_env("WALHOOK_PORT", "tcp://10.0.0.1:8080");
+            jail.set_env("WALHOOK_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("WALHOOK_PORT_8080_TCP_ADDR", "10.0.0.1");
+            jail.set_env("WALHOOK_DELIVERY__TIMEOUT_M", "5");
+            jail.set_env("WALHOOK_CAPTURE_SLOT", "typo");
+            jail.set_env("WALHOOK_DELIVERY__TIMEOUT_MS", "1234");
+            let (config, warnings) = Config::load(None).expect("loads");
+            assert_eq!(config.delivery.timeout_ms, 1234);
+            assert_eq!(config.capture.slot, "walhook");
+            assert_eq!(
+                warnings,
+                vec![
+                    "ignoring environment variables that are not configuration keys: \
+                     WALHOOK_CAPTURE_SLOT (did you mean WALHOOK_CAPTURE__SLOT?), \
+                     WALHOOK_DELIVERY__TIMEOUT_M (did you mean WALHOOK_DELIVERY__TIMEOUT_MS?), \
+                     WALHOOK_PORT, WALHOOK_PORT_8080_TCP_ADDR, WALHOOK_SERVICE_HOST"
+                        .to_owned()
+                ]
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_stay_errors() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "walhook.toml",
+                "database_url = \"postgres://u@127.0.0.1/db\"\n[delivery]\ntimeout_m = 5\n",
+            )?;
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("unknown field") && err.contains("timeout_m"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn database_url_parameters_are_named() {
+        let err = Config::from_toml("database_url = \"postgres://u@h/db?sslmode=verify-full\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "configuration key database_url: sslrootcert: sslmode=verify-full needs \
+             sslrootcert=FILE (PEM CA certificates)"
+        );
+        let config = Config::from_toml(
+            "database_url = \"postgres://u@h/db\"\n[[tables]]\nname = 'orders'\n[[tables]]\nname = '\"Sales\".\"Order Items\"'\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.table_names().unwrap(),
+            vec![
+                ("public".to_owned(), "orders".to_owned()),
+                ("Sales".to_owned(), "Order Items".to_owned())
+            ]
+        );
     }
 
     #[test]

@@ -18,24 +18,25 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::database::Database;
 use crate::localpg::LocalPostgres;
 use crate::subscriptions::store;
 
 const SAMPLE: &str = "
-CREATE TABLE orders (
+CREATE TABLE public.orders (
     id serial PRIMARY KEY,
     status text NOT NULL DEFAULT 'new',
     amount numeric(10,2) NOT NULL,
     tags text[] NOT NULL DEFAULT '{}',
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-SELECT walhook.watch('orders');
+SELECT walhook.watch('public.orders');
 ";
 
 const WRITES: [&str; 3] = [
-    "INSERT INTO orders (amount, tags) VALUES (12.50, '{gift}'), (99.00, '{}')",
-    "UPDATE orders SET status = 'paid', updated_at = now() WHERE id = 1",
-    "DELETE FROM orders WHERE id = 2",
+    "INSERT INTO public.orders (amount, tags) VALUES (12.50, '{gift}'), (99.00, '{}')",
+    "UPDATE public.orders SET status = 'paid', updated_at = now() WHERE id = 1",
+    "DELETE FROM public.orders WHERE id = 2",
 ];
 
 /// What the demo receiver got: headers worth showing, and the body.
@@ -72,9 +73,9 @@ pub async fn run(mut out: impl Write) -> anyhow::Result<()> {
     writeln!(out, "starting a throwaway PostgreSQL (wal_level=logical)…")?;
     let server = tokio::task::spawn_blocking(LocalPostgres::start).await??;
     let url = server.url("postgres");
-    store::migrate(&url, "walhook", true).await?;
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let database = Database::parse(&url)?;
+    store::migrate(&database, "walhook", true).await?;
+    let client = database.client().await?;
     client.batch_execute(SAMPLE).await?;
 
     let (tx, mut deliveries) = mpsc::unbounded_channel();
@@ -92,7 +93,7 @@ pub async fn run(mut out: impl Write) -> anyhow::Result<()> {
         .await?;
 
     let api = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let mut conn = store::connect(&url).await?;
+    let mut conn = store::connect(&database).await?;
     let (_, token) = crate::api::auth::create(&mut conn, "demo", &["*".to_owned()]).await?;
     drop(conn);
     let config = Config::from_toml(&format!(
@@ -100,7 +101,8 @@ pub async fn run(mut out: impl Write) -> anyhow::Result<()> {
     ))?;
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(crate::app::run(config, shutdown.clone()));
-    let active = "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'walhook' AND active";
+    let active =
+        "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = 'walhook' AND active";
     while client.query_opt(active, &[]).await?.is_none() {
         if daemon.is_finished() {
             daemon.await??;
@@ -114,7 +116,7 @@ pub async fn run(mut out: impl Write) -> anyhow::Result<()> {
     writeln!(
         out,
         "walhook is running: table orders is watched, and {hook} is subscribed to orders.*\n\
-         sample writes made:\n  {}\n\nmake your own (in another terminal):\n  psql {url} -c \"INSERT INTO orders (amount) VALUES (5.00)\"\n  psql {url} -c \"SELECT * FROM walhook.subscription_health\"\n\
+         sample writes made:\n  {}\n\nmake your own (in another terminal):\n  psql {url} -c \"INSERT INTO public.orders (amount) VALUES (5.00)\"\n  psql {url} -c \"SELECT * FROM walhook.subscription_health\"\n\
          or use the REST API (owner \"demo\"; see docs/api.md):\n  curl -H 'Authorization: Bearer {token}' http://{api}/v1/events\n\n\
          press Ctrl-C to stop and remove the server.\n",
         WRITES.join(";\n  ")

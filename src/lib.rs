@@ -7,6 +7,7 @@
 //! src/app.rs         walhook run: wiring and shutdown order
 //! src/api/           REST hooks API (axum): tokens, /v1/hooks, /v1/events, health, metrics
 //! src/config.rs      figment chain: defaults < walhook.toml < WALHOOK_* env
+//! src/database/      the one place that connects: Database handle, sslmode/TLS, pinned search_path
 //! src/capture/       replication client (startup, TLS, auth, stream, status updates),
 //!                    slot/publication, catalog lookups; outbox.rs: trigger capture
 //! src/pgoutput/      protocol bytes → typed messages; relation cache; values → JSON
@@ -39,6 +40,7 @@ pub mod app;
 pub mod capture;
 pub mod change;
 pub mod config;
+pub mod database;
 pub mod delivery;
 pub mod demo;
 pub mod events;

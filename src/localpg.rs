@@ -68,6 +68,23 @@ impl LocalPostgres {
     /// As [`start`](Self::start), with another `wal_level` (`replica` models a managed
     /// server without logical replication, for trigger capture).
     pub fn start_with_wal_level(wal_level: &str) -> Result<LocalPostgres, LocalPgError> {
+        LocalPostgres::start_inner(wal_level, None)
+    }
+
+    /// A `wal_level=logical` server with TLS from the given PEM certificate and key files
+    /// and exactly the given `pg_hba.conf` (e.g. only `hostssl` lines): for TLS tests.
+    pub fn start_with_tls(
+        cert: &Path,
+        key: &Path,
+        hba: &str,
+    ) -> Result<LocalPostgres, LocalPgError> {
+        LocalPostgres::start_inner("logical", Some((cert, key, hba)))
+    }
+
+    fn start_inner(
+        wal_level: &str,
+        custom_tls: Option<(&Path, &Path, &str)>,
+    ) -> Result<LocalPostgres, LocalPgError> {
         let bindir = bindir().ok_or(LocalPgError::NoBinaries)?;
         let owner = run_as()?;
         let nanos = SystemTime::now()
@@ -109,7 +126,22 @@ impl LocalPostgres {
                 message: String::from_utf8_lossy(&output.stderr).into_owned(),
             });
         }
-        let tls = make_certificate(&data, owner)?;
+        let tls = match custom_tls {
+            Some((cert, key, _)) => {
+                std::fs::copy(cert, data.join("server.crt")).map_err(step("copy server.crt"))?;
+                std::fs::copy(key, data.join("server.key")).map_err(step("copy server.key"))?;
+                for file in ["server.key", "server.crt"] {
+                    give(&data.join(file), owner)?;
+                }
+                std::fs::set_permissions(
+                    data.join("server.key"),
+                    std::fs::Permissions::from_mode(0o600),
+                )
+                .map_err(step("protect server.key"))?;
+                true
+            }
+            None => make_certificate(&data, owner)?,
+        };
         let port = free_port()?;
         let mut conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
@@ -123,13 +155,15 @@ impl LocalPostgres {
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
         append(&data.join("postgresql.conf"), &conf)?;
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            "local all all trust\n\
-             host all walhook_md5 127.0.0.1/32 md5\n\
-             host all all 127.0.0.1/32 scram-sha-256\n",
-        )
-        .map_err(step("write pg_hba.conf"))?;
+        let hba = match custom_tls {
+            Some((_, _, hba)) => hba,
+            None => {
+                "local all all trust\n\
+                 host all walhook_md5 127.0.0.1/32 md5\n\
+                 host all all 127.0.0.1/32 scram-sha-256\n"
+            }
+        };
+        std::fs::write(data.join("pg_hba.conf"), hba).map_err(step("write pg_hba.conf"))?;
         let child = spawn_postgres(&root, owner)?;
         Command::new("sh")
             .arg("-c")

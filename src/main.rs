@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo => walhook::demo::run(std::io::stdout()).await,
         Command::Run => {
-            let config = Config::load(cli.config.as_deref())?;
+            let config = load(cli.config.as_deref())?;
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -101,9 +101,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => {
-            let config = Config::load(cli.config.as_deref())?;
+            let config = load(cli.config.as_deref())?;
             walhook::subscriptions::store::migrate(
-                &config.database_url,
+                &config.database()?,
                 &config.capture.publication,
                 config.delivery.allow_private_targets,
             )
@@ -112,11 +112,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { action } => {
-            let config = Config::load(cli.config.as_deref())?;
+            let config = load(cli.config.as_deref())?;
             token(&config, action).await
         }
         Command::Tail { tables } => {
-            let mut config = Config::load(cli.config.as_deref())?;
+            let mut config = load(cli.config.as_deref())?;
             config
                 .tables
                 .extend(tables.into_iter().map(|name| TableSection { name }));
@@ -125,15 +125,25 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Loads the configuration and logs its warnings (tracing runs by now).
+fn load(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let (config, warnings) = Config::load(file)?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(config)
+}
+
 async fn token(config: &Config, action: TokenCommand) -> anyhow::Result<()> {
     use walhook::api::auth;
+    let database = config.database()?;
     walhook::subscriptions::store::migrate(
-        &config.database_url,
+        &database,
         &config.capture.publication,
         config.delivery.allow_private_targets,
     )
     .await?;
-    let mut conn = walhook::subscriptions::store::connect(&config.database_url).await?;
+    let mut conn = walhook::subscriptions::store::connect(&database).await?;
     match action {
         TokenCommand::Create { owner, scopes } => {
             let (id, token) = auth::create(&mut conn, &owner, &scopes).await?;
@@ -171,7 +181,8 @@ async fn token(config: &Config, action: TokenCommand) -> anyhow::Result<()> {
 
 async fn tail(config: Config) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
-    let mut capture = walhook::capture::start(config.capture_config()?, cancel.clone())?;
+    let mut capture =
+        walhook::capture::start(config.capture_config(config.database()?)?, cancel.clone())?;
     let stop = cancel.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;

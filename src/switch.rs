@@ -18,13 +18,14 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::outbox::{self, OutboxConfig};
 use crate::capture::{self, Acknowledger, Capture, CaptureConfig, CaptureError};
 use crate::change::CaptureMessage;
+use crate::database::{Database, DatabaseError};
 use crate::delivery::queue::{PgPool, Queue, QueueError};
 use crate::delivery::{Delivery, DeliveryConfig};
 use crate::lsn::Lsn;
@@ -42,6 +43,9 @@ pub enum SwitchError {
     /// Delivery could not start.
     #[error("capture mode switch: {0}")]
     Queue(#[from] QueueError),
+    /// The switch's session could not be opened.
+    #[error("capture mode switch: {0}")]
+    Connect(#[from] DatabaseError),
     /// Something did not happen in time.
     #[error("capture mode switch: {0}")]
     Stuck(String),
@@ -74,10 +78,8 @@ impl Drain {
 }
 
 /// A plain session for the switch's queries.
-pub async fn connect(database: &tokio_postgres::Config) -> Result<Client, SwitchError> {
-    let (client, connection) = database.connect(NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
+pub async fn connect(database: &Database) -> Result<Client, SwitchError> {
+    Ok(database.client().await?)
 }
 
 /// Whether the installation is in trigger mode now (`walhook.settings`).

@@ -5,28 +5,35 @@
 //! the next lookup reconnects. Lookups read the current catalog, not the historic snapshot
 //! of the change being decoded; types rarely change shape, and a Type message from the
 //! server makes the registry forget a type so it is read again.
+//!
+//! The session's `search_path` is `pg_catalog, pg_temp`, and every comparison with a number
+//! is cast to the catalog column's type, so no user-defined operator can be picked.
 
 use std::sync::Arc;
 
 use super::connection::{Connection, TextRow};
 use super::error::CaptureError;
+use crate::database::Database;
 use crate::pgoutput::types::{Kind, TypeRegistry};
 
 /// A lazily connected catalog session.
 pub(super) struct Catalog {
-    config: tokio_postgres::Config,
+    database: Database,
     conn: Option<Connection>,
 }
 
 impl Catalog {
-    /// A catalog reader for the database `config` names; connects on first use.
-    pub(super) fn new(config: tokio_postgres::Config) -> Catalog {
-        Catalog { config, conn: None }
+    /// A catalog reader for `database`; connects on first use.
+    pub(super) fn new(database: Database) -> Catalog {
+        Catalog {
+            database,
+            conn: None,
+        }
     }
 
     async fn query(&mut self, sql: &str) -> Result<Vec<TextRow>, CaptureError> {
         if self.conn.is_none() {
-            self.conn = Some(Connection::connect(&self.config, false).await?);
+            self.conn = Some(Connection::connect(&self.database, false).await?);
         }
         let conn = self.conn.as_mut().ok_or(CaptureError::ConsumerGone)?;
         let result = conn.simple_query(sql).await;
@@ -52,15 +59,16 @@ impl Catalog {
             pending.dedup();
             let list = pending
                 .iter()
-                .map(u32::to_string)
+                .map(|oid| format!("{oid}::pg_catalog.oid"))
                 .collect::<Vec<_>>()
                 .join(",");
             let rows = self
                 .query(&format!(
                     "SELECT t.oid, t.typtype, t.typelem, t.typbasetype, t.typrelid, \
                      t.typcategory, coalesce(e.typdelim, ',') \
-                     FROM pg_catalog.pg_type t LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem \
-                     WHERE t.oid IN ({list})"
+                     FROM pg_catalog.pg_type t LEFT JOIN pg_catalog.pg_type e \
+                     ON e.oid OPERATOR(pg_catalog.=) t.typelem \
+                     WHERE t.oid OPERATOR(pg_catalog.=) ANY (ARRAY[{list}])"
                 ))
                 .await?;
             let mut next = Vec::new();
@@ -99,7 +107,9 @@ impl Catalog {
         let rows = self
             .query(&format!(
                 "SELECT attname, atttypid FROM pg_catalog.pg_attribute \
-                 WHERE attrelid = {relid} AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+                 WHERE attrelid OPERATOR(pg_catalog.=) {relid}::pg_catalog.oid \
+                 AND attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT attisdropped \
+                 ORDER BY attnum"
             ))
             .await?;
         Ok(rows
@@ -123,10 +133,12 @@ impl Catalog {
         let rows = self
             .query(&format!(
                 "SELECT a.attname FROM pg_catalog.pg_attribute a, \
-                 (SELECT indkey FROM pg_catalog.pg_index WHERE indrelid = {relid} \
+                 (SELECT indkey FROM pg_catalog.pg_index \
+                  WHERE indrelid OPERATOR(pg_catalog.=) {relid}::pg_catalog.oid \
                   AND (indisprimary OR indisreplident) ORDER BY indisprimary DESC LIMIT 1) i \
-                 WHERE a.attrelid = {relid} AND a.attnum = ANY(i.indkey) \
-                 ORDER BY array_position(i.indkey::int2[], a.attnum)"
+                 WHERE a.attrelid OPERATOR(pg_catalog.=) {relid}::pg_catalog.oid \
+                 AND a.attnum OPERATOR(pg_catalog.=) ANY (i.indkey::pg_catalog.int2[]) \
+                 ORDER BY pg_catalog.array_position(i.indkey::pg_catalog.int2[], a.attnum)"
             ))
             .await?;
         Ok(rows

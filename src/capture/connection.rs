@@ -6,7 +6,9 @@
 //! results, and the CopyBoth sub-protocol used by `START_REPLICATION`.
 //!
 //! Every session is pinned to the settings that make output functions print what
-//! `to_jsonb` prints with `TimeZone=UTC` (see [`SESSION_SETTINGS`]).
+//! `to_jsonb` prints with `TimeZone=UTC`, and to `search_path = pg_catalog, pg_temp`
+//! (see [`SESSION_SETTINGS`]). Sockets, TLS policy and credentials come from the
+//! [`Database`] handle.
 
 use std::collections::HashMap;
 use std::io;
@@ -19,10 +21,11 @@ use postgres_protocol::message::backend::{ErrorFields, Header, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 
 use super::error::{CaptureError, ServerError};
-use super::tls;
+use crate::database::tls::{self, SslMode};
+use crate::database::{Database, DatabaseError, SEARCH_PATH};
 
 /// Session settings sent in every startup packet: the output formats the decoder relies on.
 pub const SESSION_SETTINGS: &[(&str, &str)] = &[
@@ -32,13 +35,14 @@ pub const SESSION_SETTINGS: &[(&str, &str)] = &[
     ("IntervalStyle", "postgres"),
     ("extra_float_digits", "1"),
     ("bytea_output", "hex"),
+    ("search_path", SEARCH_PATH),
 ];
 
 /// How much to read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// A byte stream to the server, plain or TLS, TCP or Unix socket.
-use super::tls::AsyncReadWrite as Io;
+use crate::database::tls::AsyncReadWrite as Io;
 
 /// One message from the server, as seen by this connection.
 pub enum Backend {
@@ -64,13 +68,15 @@ impl Connection {
     /// Connects and authenticates; with `replication` the session is a logical walsender
     /// (`replication=database`) that accepts replication commands and plain SQL.
     pub async fn connect(
-        config: &tokio_postgres::Config,
+        database: &Database,
         replication: bool,
     ) -> Result<Connection, CaptureError> {
+        let config = database.config();
         let user = config
             .get_user()
             .ok_or_else(|| CaptureError::Config("database_url names no user".into()))?;
-        let io = negotiate_tls(open_socket(config).await?, config).await?;
+        let (io, host) = open_socket(config).await?;
+        let io = negotiate_tls(io, host.as_ref(), database.tls()).await?;
         let mut conn = Connection {
             io,
             read: BytesMut::with_capacity(64 * 1024),
@@ -90,6 +96,7 @@ impl Connection {
         if let Some(options) = config.get_options() {
             startup.push(("options", options));
         }
+        // Later entries win: the pinned settings override anything in `options`.
         startup.extend_from_slice(SESSION_SETTINGS);
         frontend::startup_message(startup, &mut conn.write)?;
         conn.flush().await?;
@@ -333,7 +340,11 @@ impl Connection {
     }
 }
 
-async fn open_socket(config: &tokio_postgres::Config) -> Result<Box<dyn Io>, CaptureError> {
+/// Connects to the first reachable host; returns the socket and, for TCP, the host name
+/// (what TLS verifies).
+async fn open_socket(
+    config: &tokio_postgres::Config,
+) -> Result<(Box<dyn Io>, Option<String>), CaptureError> {
     let hosts = config.get_hosts();
     let ports = config.get_ports();
     let default_host = [Host::Unix("/var/run/postgresql".into())];
@@ -345,6 +356,10 @@ async fn open_socket(config: &tokio_postgres::Config) -> Result<Box<dyn Io>, Cap
     let mut last = None;
     for (i, host) in hosts.iter().enumerate() {
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        let tcp_name = match host {
+            Host::Tcp(name) => Some(name.clone()),
+            Host::Unix(_) => None,
+        };
         let (addr, result): (String, io::Result<Box<dyn Io>>) = match host {
             Host::Tcp(name) => {
                 let addr = format!("{name}:{port}");
@@ -362,38 +377,34 @@ async fn open_socket(config: &tokio_postgres::Config) -> Result<Box<dyn Io>, Cap
             }
         };
         match result {
-            Ok(io) => return Ok(io),
+            Ok(io) => return Ok((io, tcp_name)),
             Err(source) => last = Some(CaptureError::Connect { addr, source }),
         }
     }
     Err(last.unwrap_or_else(|| CaptureError::Config("database_url names no host".into())))
 }
 
-/// Sends `SSLRequest` unless `sslmode=disable`, and wraps the socket in TLS when accepted.
+/// Sends `SSLRequest` unless `sslmode=disable` or the socket is a Unix-domain one (libpq
+/// uses no TLS there), and wraps the socket in TLS when accepted.
 async fn negotiate_tls(
     mut io: Box<dyn Io>,
-    config: &tokio_postgres::Config,
+    host: Option<&String>,
+    tls: &tls::Tls,
 ) -> Result<Box<dyn Io>, CaptureError> {
-    let mode = config.get_ssl_mode();
-    if mode == SslMode::Disable {
+    let mode = tls.mode();
+    let Some(host) = host.filter(|_| mode != SslMode::Disable) else {
         return Ok(io);
-    }
+    };
     let mut request = BytesMut::new();
     frontend::ssl_request(&mut request);
     io.write_all(&request).await?;
     io.flush().await?;
     match io.read_u8().await? {
-        b'S' => {
-            let host = match config.get_hosts().first() {
-                Some(Host::Tcp(h)) => h.clone(),
-                _ => "localhost".to_owned(),
-            };
-            tls::wrap(io, &host).await
-        }
-        b'N' if mode == SslMode::Prefer => Ok(io),
-        b'N' => Err(CaptureError::Tls(
-            "sslmode=require but the server does not accept TLS connections".into(),
-        )),
+        b'S' => tls::wrap(tls, io, host).await.map_err(CaptureError::from),
+        b'N' if !mode.requires_tls() => Ok(io),
+        b'N' => Err(CaptureError::Tls(format!(
+            "the server does not support TLS but sslmode={mode}"
+        ))),
         other => Err(CaptureError::Protocol(format!(
             "unexpected answer {other:#x} to SSLRequest"
         ))),
@@ -428,7 +439,30 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Quotes an SQL string literal (standard_conforming_strings): `it's` → `'it''s'`.
+/// Quotes an SQL string literal whatever `standard_conforming_strings` is, as an escape
+/// string: `it's \x` → `E'it''s \\x'`.
 pub fn quote_literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Quotes a string for a replication command (`START_REPLICATION … (publication_names …)`),
+/// whose scanner knows only `'…'` with doubled quotes and no backslash escapes.
+pub fn quote_command_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
+}
+
+impl From<DatabaseError> for CaptureError {
+    fn from(e: DatabaseError) -> CaptureError {
+        match e {
+            DatabaseError::Tls(message) => CaptureError::Tls(message),
+            DatabaseError::Parameter { .. } | DatabaseError::Parse(_) => {
+                CaptureError::Config(e.to_string())
+            }
+            DatabaseError::Connect { code, message } => CaptureError::Outbox { code, message },
+            DatabaseError::Pool(message) => CaptureError::Outbox {
+                code: None,
+                message,
+            },
+        }
+    }
 }

@@ -11,7 +11,6 @@ pub mod error;
 pub mod outbox;
 pub mod slot;
 mod stream;
-mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,19 +23,20 @@ use tokio_util::sync::CancellationToken;
 pub use error::CaptureError;
 
 use crate::change::CaptureMessage;
+use crate::database::Database;
 use crate::lsn::Lsn;
 
 /// How to capture: where, which slot and publication, and the stream's timings.
 #[derive(Debug, Clone)]
 pub struct CaptureConfig {
-    /// Connection to the watched database (a role with `REPLICATION` or superuser).
-    pub database: tokio_postgres::Config,
+    /// The watched database (a role with `REPLICATION` or superuser).
+    pub database: Database,
     /// Logical replication slot name (`[a-z0-9_]`, at most 63 characters).
     pub slot: String,
     /// Publication name.
     pub publication: String,
-    /// Tables (`table` or `schema.table`) to add to the publication when missing.
-    pub tables: Vec<String>,
+    /// Tables, as (schema, table), to add to the publication when missing.
+    pub tables: Vec<(String, String)>,
     /// How often to report a moved position (coalesced standby status updates; well under
     /// `wal_sender_timeout`).
     pub status_interval: Duration,
@@ -50,7 +50,7 @@ pub struct CaptureConfig {
 
 impl CaptureConfig {
     /// Defaults for everything but the database: slot and publication `walhook`.
-    pub fn new(database: tokio_postgres::Config) -> Self {
+    pub fn new(database: Database) -> Self {
         CaptureConfig {
             database,
             slot: "walhook".into(),

@@ -27,13 +27,14 @@ use futures_util::StreamExt;
 use futures_util::stream::poll_fn;
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
 use super::{Acknowledger, Capture, CaptureError};
 use crate::change::{
     Begin, CaptureMessage, Commit, CommitTime, Op, Origin, Position, Row, RowChange, Table,
 };
+use crate::database::Database;
 use crate::lsn::Lsn;
 
 /// The channel the capture trigger notifies.
@@ -45,8 +46,8 @@ const READER_LOCK: i64 = 0x7768_6f75_7462_6f78;
 /// Trigger capture settings.
 #[derive(Debug, Clone)]
 pub struct OutboxConfig {
-    /// Connection to the watched database.
-    pub database: tokio_postgres::Config,
+    /// The watched database.
+    pub database: Database,
     /// Rows read per query.
     pub batch: i64,
     /// Rows handed on but not yet acknowledged before reading pauses.
@@ -113,7 +114,7 @@ async fn session(
     ack: &Acknowledger,
     cancel: &CancellationToken,
 ) -> Result<(), CaptureError> {
-    let (client, mut connection) = config.database.connect(NoTls).await?;
+    let (client, mut connection) = config.database.connect().await?;
     let wake = Arc::new(Notify::new());
     let notified = wake.clone();
     let driver = tokio::spawn(async move {
@@ -323,18 +324,24 @@ impl Reader {
         }
         let row = client
             .query_opt(
-                "WITH t AS (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                            WHERE n.nspname = $1 AND c.relname = $2),
-                      k AS (SELECT i.indkey FROM pg_index i, t
-                            WHERE i.indrelid = t.oid AND (i.indisprimary OR i.indisreplident)
+                "WITH t AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n
+                              ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+                            WHERE n.nspname OPERATOR(pg_catalog.=) $1::pg_catalog.name
+                              AND c.relname OPERATOR(pg_catalog.=) $2::pg_catalog.name),
+                      k AS (SELECT i.indkey FROM pg_catalog.pg_index i, t
+                            WHERE i.indrelid OPERATOR(pg_catalog.=) t.oid
+                              AND (i.indisprimary OR i.indisreplident)
                             ORDER BY i.indisprimary DESC LIMIT 1)
-                 SELECT t.oid::int8,
-                        array(SELECT attname::text FROM pg_attribute
-                              WHERE attrelid = t.oid AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+                 SELECT t.oid::pg_catalog.int8,
+                        array(SELECT attname::pg_catalog.text FROM pg_catalog.pg_attribute
+                              WHERE attrelid OPERATOR(pg_catalog.=) t.oid
+                                AND attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT attisdropped
+                                AND attgenerated OPERATOR(pg_catalog.=) ''::pg_catalog.char
                               ORDER BY attnum),
-                        array(SELECT a.attname::text
-                              FROM k, unnest(k.indkey::int2[]) WITH ORDINALITY u(attnum, ord)
-                              JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = u.attnum
+                        array(SELECT a.attname::pg_catalog.text
+                              FROM k, pg_catalog.unnest(k.indkey::pg_catalog.int2[]) WITH ORDINALITY u(attnum, ord)
+                              JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) t.oid
+                                AND a.attnum OPERATOR(pg_catalog.=) u.attnum
                               ORDER BY u.ord)
                  FROM t",
                 &[&schema, &name],

@@ -3,6 +3,10 @@
 //! Order matters: the publication is created before the slot, because pgoutput reads the
 //! publication through the historic snapshot of each change, and a publication younger than
 //! the slot's consistent point would be "does not exist" for the changes in between.
+//!
+//! The session's `search_path` is `pg_catalog, pg_temp`; tables are named by (schema, table)
+//! pairs, catalog comparisons are cast, and literals use `E''` escaping (see
+//! [`quote_literal`]) so nothing depends on `standard_conforming_strings`.
 
 use super::connection::{Connection, quote_ident, quote_literal};
 use super::error::CaptureError;
@@ -52,16 +56,17 @@ pub async fn identify_system(conn: &mut Connection) -> Result<SystemInfo, Captur
 /// Creates the publication when absent and adds the configured tables it lacks. The
 /// publication publishes partitions via their root (`publish_via_partition_root`), so a
 /// watched partitioned table's changes arrive as the parent's; an older publication
-/// without it is altered. `tables` are named as [`crate::table_names`] describes; one that
-/// does not exist (dropped since it was watched) is skipped with a warning.
+/// without it is altered. `tables` are (schema, table) pairs; one that does not exist
+/// (dropped since it was watched) is skipped with a warning.
 pub async fn ensure_publication(
     conn: &mut Connection,
     publication: &str,
-    tables: &[String],
+    tables: &[(String, String)],
 ) -> Result<(), CaptureError> {
     let exists = conn
         .simple_query(&format!(
-            "SELECT pubviaroot FROM pg_catalog.pg_publication WHERE pubname = {}",
+            "SELECT pubviaroot FROM pg_catalog.pg_publication \
+             WHERE pubname OPERATOR(pg_catalog.=) {}::pg_catalog.name",
             quote_literal(publication)
         ))
         .await?;
@@ -87,26 +92,25 @@ pub async fn ensure_publication(
         }
         Some(_) => {}
     }
-    for table in tables {
-        let candidates = crate::table_names::regclass_candidates(table);
+    for (schema, table) in tables {
+        let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
         let found = conn
             .simple_query(&format!(
-                "SELECT format('%I.%I', n.nspname, c.relname), EXISTS (SELECT 1 FROM \
-                 pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid \
-                 WHERE p.pubname = {} AND pr.prrelid = c.oid) \
-                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.oid = coalesce(pg_catalog.to_regclass({}), pg_catalog.to_regclass({}))",
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr \
+                 JOIN pg_catalog.pg_publication p ON p.oid OPERATOR(pg_catalog.=) pr.prpubid \
+                 WHERE p.pubname OPERATOR(pg_catalog.=) {}::pg_catalog.name \
+                 AND pr.prrelid OPERATOR(pg_catalog.=) c.oid) \
+                 FROM pg_catalog.pg_class c \
+                 WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({})::pg_catalog.oid",
                 quote_literal(publication),
-                quote_literal(&candidates[0]),
-                quote_literal(candidates.last().unwrap_or(&candidates[0])),
+                quote_literal(&name)
             ))
             .await?;
         let Some(row) = found.first() else {
-            tracing::warn!(publication, table = %table, "watched table does not exist (dropped?); not published");
+            tracing::warn!(publication, table = %name, "watched table does not exist (dropped?); not published");
             continue;
         };
-        let name = row.first().cloned().flatten().unwrap_or_default();
-        if row.get(1).cloned().flatten().as_deref() != Some("t") {
+        if row.first().cloned().flatten().as_deref() != Some("t") {
             conn.simple_query(&format!(
                 "ALTER PUBLICATION {} ADD TABLE {name}",
                 quote_ident(publication)
@@ -124,7 +128,7 @@ pub async fn ensure_slot(conn: &mut Connection, slot: &str) -> Result<Lsn, Captu
     let rows = conn
         .simple_query(&format!(
             "SELECT plugin, database, confirmed_flush_lsn FROM pg_catalog.pg_replication_slots \
-             WHERE slot_name = {}",
+             WHERE slot_name OPERATOR(pg_catalog.=) {}::pg_catalog.name",
             quote_literal(slot)
         ))
         .await?;

@@ -28,7 +28,7 @@ use tokio::time::{MissedTickBehavior, interval};
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
-use super::connection::{Connection, quote_ident, quote_literal};
+use super::connection::{Connection, quote_command_literal, quote_ident};
 use super::error::CaptureError;
 use super::{Acknowledger, CaptureConfig, slot};
 use crate::change::CaptureMessage;
@@ -136,7 +136,7 @@ impl<'a> Session<'a> {
         conn.start_copy_both(&format!(
             "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {})",
             quote_ident(&self.config.slot),
-            quote_literal(&quote_ident(&self.config.publication)),
+            quote_command_literal(&quote_ident(&self.config.publication)),
         ))
         .await?;
         self.streamed = true;

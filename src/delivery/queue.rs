@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Double, Integer, Nullable, Text, Uuid as SqlUuid};
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use tokio::sync::{mpsc, oneshot};
@@ -137,15 +136,6 @@ fn sql_secs(duration: Duration) -> f64 {
 
 /// Most bytes of a failure reason stored with a parked event.
 const MAX_REASON: usize = 1024;
-
-/// Builds a pool for `url` (max `size` connections).
-pub fn pool(url: &str, size: usize) -> Result<PgPool, QueueError> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
-    Pool::builder(manager)
-        .max_size(size)
-        .build()
-        .map_err(|e| QueueError::Pool(e.to_string()))
-}
 
 /// An event to put in the queue.
 #[derive(Debug, Clone)]

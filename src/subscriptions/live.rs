@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::routing::RoutingIndex;
 use super::store::{self, StoreError};
+use crate::database::Database;
 
 /// The channel the config triggers notify.
 pub const CHANNEL: &str = "walhook_config";
@@ -88,7 +89,7 @@ impl LiveRouting {
 
     /// Loads the index once, then keeps it current until `cancel`.
     pub async fn start(
-        database_url: String,
+        database: Database,
         refresh: Duration,
         cancel: CancellationToken,
     ) -> Result<LiveRouting, StoreError> {
@@ -98,18 +99,18 @@ impl LiveRouting {
             started: AtomicU64::new(0),
             published: Mutex::new(0),
         });
-        let mut conn = store::connect(&database_url).await?;
+        let mut conn = store::connect(&database).await?;
         if let Err(e) = store::reconcile_watches(&mut conn).await {
             tracing::warn!(error = %e, "cannot bring watches in step with the tables");
         }
         publisher.load(&mut conn).await?;
         tokio::spawn(reconcile_forever(
-            database_url.clone(),
+            database.clone(),
             RECONCILE_EVERY,
             cancel.clone(),
         ));
         tokio::spawn(reload_forever(
-            database_url,
+            database,
             refresh,
             publisher.clone(),
             cancel,
@@ -119,14 +120,14 @@ impl LiveRouting {
 }
 
 async fn reload_forever(
-    url: String,
+    database: Database,
     refresh: Duration,
     publisher: Arc<Publisher>,
     cancel: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(100);
     while !cancel.is_cancelled() {
-        match listen_and_reload(&url, refresh, &publisher, &cancel).await {
+        match listen_and_reload(&database, refresh, &publisher, &cancel).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "routing reload interrupted");
@@ -142,12 +143,13 @@ async fn reload_forever(
 
 /// One LISTEN session: reload now, then on every notification and every `refresh`.
 async fn listen_and_reload(
-    url: &str,
+    database: &Database,
     refresh: Duration,
     publisher: &Publisher,
     cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
-    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (client, mut connection) = database
+        .connect()
         .await
         .map_err(|e| StoreError::Listen(e.to_string()))?;
     let (wake_tx, mut wake) = mpsc::channel::<()>(1);
@@ -168,7 +170,7 @@ async fn listen_and_reload(
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
             .map_err(|e| StoreError::Listen(e.to_string()))?;
-        let mut conn = store::connect(url).await?;
+        let mut conn = store::connect(database).await?;
         let mut ticker = tokio::time::interval(refresh);
         loop {
             publisher.load(&mut conn).await?;
@@ -187,7 +189,7 @@ async fn listen_and_reload(
 }
 
 /// Calls [`store::reconcile_watches`] every `every` until `cancel`, reconnecting after errors.
-async fn reconcile_forever(url: String, every: Duration, cancel: CancellationToken) {
+async fn reconcile_forever(database: Database, every: Duration, cancel: CancellationToken) {
     let mut conn = None;
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -197,7 +199,7 @@ async fn reconcile_forever(url: String, every: Duration, cancel: CancellationTok
             _ = cancel.cancelled() => return,
         }
         if conn.is_none() {
-            match store::connect(&url).await {
+            match store::connect(&database).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     tracing::warn!(error = %e, "watch reconciliation: cannot connect");

@@ -153,12 +153,9 @@ impl RoutingIndex {
         }
     }
 
-    /// Watched tables as quoted `"schema"."table"` names (see [`crate::table_names`]).
-    pub fn watched_tables(&self) -> Vec<String> {
-        self.nouns
-            .keys()
-            .map(|(schema, table)| crate::table_names::qualified(schema, table))
-            .collect()
+    /// Watched tables as (schema, table) pairs.
+    pub fn watched_tables(&self) -> Vec<(String, String)> {
+        self.nouns.keys().cloned().collect()
     }
 
     /// The routes that receive `event` now.

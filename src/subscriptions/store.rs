@@ -1,4 +1,10 @@
 //! Data access for walhook's own schema: migrations, and loading what routing needs.
+//!
+//! Connections come from the [`Database`] handle, pinned to `search_path = pg_catalog,
+//! pg_temp`. The one exception is diesel's own bookkeeping table during [`migrate`]:
+//! `__diesel_schema_migrations` is named unqualified by diesel, so the migration harness runs
+//! with `search_path = public, pg_temp` (pg_catalog is then still searched first, implicitly),
+//! and `sql/walhook.sql` is installed with the pinned path again.
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -7,6 +13,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::schema::{subscriptions, watched_tables};
+use crate::database::{Database, DatabaseError, SEARCH_PATH};
 
 /// The diesel migrations in `migrations/`.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -25,8 +32,8 @@ const MIGRATE_LOCK: i64 = 0x77_616c_686f_6f6b;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Could not connect.
-    #[error("cannot connect to the database: {0}")]
-    Connect(#[from] diesel::ConnectionError),
+    #[error(transparent)]
+    Connect(#[from] DatabaseError),
     /// A query failed.
     #[error("database query failed: {0}")]
     Query(#[from] diesel::result::Error),
@@ -83,14 +90,14 @@ pub struct Subscription {
 /// Applies pending migrations and (re)installs `sql/walhook.sql`, under an advisory lock so
 /// concurrent runs are safe; records the publication name SQL functions keep in step.
 pub async fn migrate(
-    database_url: &str,
+    database: &Database,
     publication: &str,
     allow_private_targets: bool,
 ) -> Result<(), StoreError> {
-    let url = database_url.to_owned();
+    let conn = database.diesel().await?;
     let publication = publication.to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATE_LOCK})"))?;
         let result = apply(&mut conn, &publication, allow_private_targets);
         conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATE_LOCK})"))?;
@@ -105,8 +112,14 @@ fn apply(
     publication: &str,
     allow_private_targets: bool,
 ) -> Result<(), StoreError> {
-    conn.run_pending_migrations(MIGRATIONS)
-        .map_err(|e| StoreError::Migration(e.to_string()))?;
+    // diesel creates and reads `__diesel_schema_migrations` unqualified (see the module docs).
+    conn.batch_execute("SET search_path = public, pg_temp")?;
+    let migrated = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(|_| ())
+        .map_err(|e| StoreError::Migration(e.to_string()));
+    conn.batch_execute(&format!("SET search_path = {SEARCH_PATH}"))?;
+    migrated?;
     conn.batch_execute(SQL)?;
     conn.batch_execute(ROLES)?;
     let query =
@@ -204,8 +217,8 @@ pub async fn reconcile_watches(
 }
 
 /// Opens a connection for routing loads.
-pub async fn connect(database_url: &str) -> Result<AsyncPgConnection, StoreError> {
-    Ok(<AsyncPgConnection as diesel_async::AsyncConnection>::establish(database_url).await?)
+pub async fn connect(database: &Database) -> Result<AsyncPgConnection, StoreError> {
+    Ok(database.diesel().await?)
 }
 
 /// Everything routing needs: watched tables and active, unexpired subscriptions.

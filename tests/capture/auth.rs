@@ -2,10 +2,11 @@
 
 use walhook::capture::CaptureError;
 use walhook::capture::connection::Connection;
+use walhook::database::Database;
 
 use crate::support::{TestDb, server};
 
-fn url(user: &str, password: &str, db: &str, sslmode: &str) -> tokio_postgres::Config {
+fn url(user: &str, password: &str, db: &str, sslmode: &str) -> Database {
     let s = server();
     format!(
         "postgres://{user}:{password}@{}:{}/{db}?sslmode={sslmode}",
@@ -15,7 +16,7 @@ fn url(user: &str, password: &str, db: &str, sslmode: &str) -> tokio_postgres::C
     .unwrap()
 }
 
-async fn identify(config: &tokio_postgres::Config) -> Result<String, CaptureError> {
+async fn identify(config: &Database) -> Result<String, CaptureError> {
     let mut conn = Connection::connect(config, true).await?;
     let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
     Ok(rows[0][3].clone().unwrap_or_default())
@@ -116,7 +117,7 @@ async fn tls_is_used_per_sslmode() {
 
 #[tokio::test]
 async fn unreachable_server_is_a_clear_transient_error() {
-    let config: tokio_postgres::Config = "postgres://u@127.0.0.1:1/db".parse().unwrap();
+    let config: Database = "postgres://u@127.0.0.1:1/db".parse().unwrap();
     let err = Connection::connect(&config, true)
         .await
         .err()

@@ -5,4 +5,5 @@ mod changes;
 mod ddl;
 mod durability;
 mod partitions;
+mod tls;
 mod values;

@@ -19,7 +19,9 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo=";
 /// A database with `orders` watched and walhook's schema in place.
 async fn setup(test: &str) -> TestDb {
     let db = TestDb::new(test).await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     db.exec(
         "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2));
          SELECT walhook.watch('orders');",

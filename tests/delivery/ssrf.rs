@@ -11,7 +11,9 @@ use crate::support::receiver::Receiver;
 #[tokio::test]
 async fn private_targets_are_refused_unless_allowed() {
     let db = TestDb::new("ssrf").await;
-    store::migrate(&db.url, &db.name, false).await.unwrap();
+    store::migrate(&db.database(), &db.name, false)
+        .await
+        .unwrap();
     db.exec("CREATE TABLE orders (id int PRIMARY KEY); SELECT walhook.watch('orders');")
         .await;
     for target in [

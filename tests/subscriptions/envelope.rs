@@ -12,7 +12,9 @@ use crate::support::capture::{Tap, config};
 #[tokio::test]
 async fn watched_table_changes_become_spec_envelopes_routed_by_subscriptions() {
     let db = TestDb::new("envelope").await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     db.exec("CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2))")
         .await;
     let mut tap = Tap::start(config(&db, &[])).await; // creates the (empty) publication
@@ -32,7 +34,7 @@ async fn watched_table_changes_become_spec_envelopes_routed_by_subscriptions() {
     db.exec("DELETE FROM orders WHERE id = 42").await;
     let changes = tap.changes(3).await;
 
-    let mut conn = store::connect(&db.url).await.unwrap();
+    let mut conn = store::connect(&db.database()).await.unwrap();
     let (tables, subs) = store::load_routing(&mut conn).await.unwrap();
     let index = RoutingIndex::build(tables, subs);
     assert_eq!(

@@ -66,12 +66,14 @@ async fn until(live: &LiveRouting, event: &Event, want: &[&str]) -> Duration {
 #[tokio::test]
 async fn plain_sql_changes_reach_the_index_within_a_second() {
     let db = TestDb::new("live").await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     db.exec("CREATE TABLE orders (id int PRIMARY KEY); SELECT walhook.watch('orders');")
         .await;
     let cancel = CancellationToken::new();
     // A long refresh interval: only NOTIFY can make these reloads fast.
-    let live = LiveRouting::start(db.url.clone(), Duration::from_secs(60), cancel.clone())
+    let live = LiveRouting::start(db.database(), Duration::from_secs(60), cancel.clone())
         .await
         .unwrap();
     let event = created_order();

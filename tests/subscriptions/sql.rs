@@ -14,7 +14,7 @@ async fn error_of(db: &TestDb, sql: &str) -> String {
 
 async fn migrated(test: &str) -> TestDb {
     let db = TestDb::new(test).await;
-    store::migrate(&db.url, &db.name, true)
+    store::migrate(&db.database(), &db.name, true)
         .await
         .expect("migrate");
     db
@@ -23,13 +23,14 @@ async fn migrated(test: &str) -> TestDb {
 #[tokio::test]
 async fn migrate_is_idempotent_and_safe_in_parallel() {
     let db = TestDb::new("migrate").await;
+    let database = db.database();
     let (a, b) = tokio::join!(
-        store::migrate(&db.url, "p1", true),
-        store::migrate(&db.url, "p1", true)
+        store::migrate(&database, "p1", true),
+        store::migrate(&database, "p1", true)
     );
     a.unwrap();
     b.unwrap();
-    store::migrate(&db.url, "p2", true).await.unwrap();
+    store::migrate(&db.database(), "p2", true).await.unwrap();
     let row = db
         .client
         .query_one(

@@ -52,7 +52,9 @@ impl ApiFixture {
     /// Starts it with the test configuration as `tweak` leaves it.
     pub async fn start(test: &str, tweak: impl FnOnce(&mut Config)) -> ApiFixture {
         let db = TestDb::new(test).await;
-        store::migrate(&db.url, &db.name, true).await.unwrap();
+        store::migrate(&db.database(), &db.name, true)
+            .await
+            .unwrap();
         db.exec(
             "CREATE TABLE orders (id int PRIMARY KEY, status text, amount numeric(10,2));
              CREATE TABLE invoices (id int PRIMARY KEY, total int);
@@ -68,7 +70,7 @@ impl ApiFixture {
 
     /// A new token for `owner` with `scopes`.
     pub async fn token(&self, owner: &str, scopes: &[&str]) -> String {
-        let mut conn = store::connect(&self.db.url).await.unwrap();
+        let mut conn = store::connect(&self.db.database()).await.unwrap();
         let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
         walhook::api::auth::create(&mut conn, owner, &scopes)
             .await

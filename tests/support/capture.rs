@@ -31,7 +31,10 @@ pub fn config_for(url: &str, name: &str, tables: &[&str]) -> CaptureConfig {
     let mut config = CaptureConfig::new(url.parse().expect("url parses"));
     config.slot = name.to_owned();
     config.publication = name.to_owned();
-    config.tables = tables.iter().map(|t| t.to_string()).collect();
+    config.tables = tables
+        .iter()
+        .map(|t| walhook::database::split_table_name(t).expect("table name"))
+        .collect();
     config.status_interval = Duration::from_millis(100);
     config
 }

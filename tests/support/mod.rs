@@ -142,10 +142,15 @@ impl TestDb {
         TestDb { name, url, client }
     }
 
+    /// walhook's handle on this database.
+    pub fn database(&self) -> walhook::database::Database {
+        self.url.parse().expect("test URL parses")
+    }
+
     /// Installs walhook's schema, runs `setup` (tables and `walhook.watch` calls), and
     /// subscribes a fresh receiver to the event patterns `events` (SQL array text).
     pub async fn watched_with_receiver(&self, setup: &str, events: &str) -> receiver::Receiver {
-        walhook::subscriptions::store::migrate(&self.url, &self.name, true)
+        walhook::subscriptions::store::migrate(&self.database(), &self.name, true)
             .await
             .unwrap();
         let receiver = receiver::Receiver::start().await;

@@ -36,7 +36,9 @@ const EVENTS: usize = 10;
 
 /// Runs the workload in `mode`; the requests received.
 async fn run(db: TestDb, mode: CaptureMode) -> Vec<Received> {
-    store::migrate(&db.url, &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     let receiver = Receiver::start().await;
     db.exec(SCHEMA).await;
     db.exec(&format!(
