@@ -544,12 +544,20 @@ mod tests {
             jail.set_env("WALHOOK_DATABASE_URL", "postgres://u@127.0.0.1/db");
             jail.set_env("WALHOOK_DELIVERY__DEAD_LETTER_RETENTION", "36h");
             assert_eq!(
-                Config::load(None).unwrap().dead_letter_retention().unwrap(),
+                Config::load(None)
+                    .unwrap()
+                    .0
+                    .dead_letter_retention()
+                    .unwrap(),
                 Duration::from_secs(129_600)
             );
             jail.set_env("WALHOOK_DELIVERY__DEAD_LETTER_RETENTION", "90");
             assert_eq!(
-                Config::load(None).unwrap().dead_letter_retention().unwrap(),
+                Config::load(None)
+                    .unwrap()
+                    .0
+                    .dead_letter_retention()
+                    .unwrap(),
                 Duration::from_secs(90)
             );
             Ok(())

@@ -109,12 +109,7 @@ impl LiveRouting {
             RECONCILE_EVERY,
             cancel.clone(),
         ));
-        tokio::spawn(reload_forever(
-            database,
-            refresh,
-            publisher.clone(),
-            cancel,
-        ));
+        tokio::spawn(reload_forever(database, refresh, publisher.clone(), cancel));
         Ok(LiveRouting { current, publisher })
     }
 }

@@ -367,7 +367,10 @@ mod tests {
                 names.sort();
                 names
             },
-            vec![r#""public"."invoices""#, r#""public"."orders""#]
+            vec![
+                ("public".to_owned(), "invoices".to_owned()),
+                ("public".to_owned(), "orders".to_owned())
+            ]
         );
     }
 

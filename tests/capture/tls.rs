@@ -173,9 +173,7 @@ async fn run_delivers(mode: &str, extra: &[(&str, &str)]) -> String {
     let (name, client) = database(&format!("tls_run_{mode}")).await;
     let receiver = Receiver::start().await;
     client
-        .batch_execute(&format!(
-            "CREATE TABLE public.items (id int PRIMARY KEY, label text);"
-        ))
+        .batch_execute("CREATE TABLE public.items (id int PRIMARY KEY, label text);")
         .await
         .unwrap();
     let db_url = url("127.0.0.1", &name, "sslmode=require");

@@ -29,7 +29,7 @@ async fn recording_listener() -> (u16, Arc<AtomicUsize>) {
 
 async fn setup(test: &str, allow_private: bool) -> TestDb {
     let db = TestDb::new(test).await;
-    store::migrate(&db.url, &db.name, allow_private)
+    store::migrate(&db.database(), &db.name, allow_private)
         .await
         .unwrap();
     db.exec("CREATE TABLE orders (id int PRIMARY KEY); SELECT walhook.watch('orders');")

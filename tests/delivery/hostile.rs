@@ -76,7 +76,9 @@ async fn wait_confirmed(db: &TestDb, lsn: u64, since: Instant, within: Duration)
 
 async fn setup(test: &str) -> TestDb {
     let db = TestDb::new(test).await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     db.exec(
         "CREATE TABLE orders (id int PRIMARY KEY, status text); SELECT walhook.watch('orders');",
     )

@@ -11,7 +11,9 @@ use crate::support::receiver::Receiver;
 #[tokio::test]
 async fn dead_letters_past_the_retention_are_purged_newer_ones_stay() {
     let db = TestDb::new("dead_letter_retention").await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     let receiver = Receiver::start().await;
     db.exec(&format!(
         "CREATE TABLE orders (id int PRIMARY KEY); SELECT walhook.watch('orders');

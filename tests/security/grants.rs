@@ -15,7 +15,9 @@ use crate::support::receiver::Receiver;
 #[tokio::test]
 async fn an_application_role_with_only_its_table_writes_and_is_delivered() {
     let db = TestDb::replica("grants_trigger").await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     let app = login_role(&db, "app", "").await;
     let receiver = Receiver::start().await;
     db.exec(&format!(
@@ -101,7 +103,9 @@ async fn an_application_role_with_only_its_table_writes_and_is_delivered() {
 #[tokio::test]
 async fn capture_refuses_rows_a_user_defined_json_cast_would_render() {
     let db = TestDb::replica("grants_cast").await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     let owner = login_role(&db, "owner", "").await;
     db.exec(&format!(
         "CREATE SCHEMA app AUTHORIZATION {owner};

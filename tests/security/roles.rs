@@ -9,7 +9,9 @@ use crate::support::{TestDb, server};
 
 async fn migrated(test: &str) -> TestDb {
     let db = TestDb::new(test).await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     db
 }
 

@@ -110,7 +110,9 @@ async fn planted_traps_never_run_in_sql_watch_validation_or_trigger_capture() {
     .await;
     let role = plant(&db, "items").await;
     // Planted before walhook is installed: migrate itself runs none either.
-    store::migrate(&db.url, &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     db.exec(&format!("CREATE PUBLICATION {}", db.name)).await;
     db.exec(
         "SELECT walhook.watch('items', verbs => '{created,updated,deleted,truncated}');

@@ -12,7 +12,9 @@ use crate::support::TestDb;
 /// A migrated database with private targets refused.
 async fn strict(test: &str) -> TestDb {
     let db = TestDb::new(test).await;
-    store::migrate(&db.url, &db.name, false).await.unwrap();
+    store::migrate(&db.database(), &db.name, false)
+        .await
+        .unwrap();
     db
 }
 

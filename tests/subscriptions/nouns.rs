@@ -11,7 +11,9 @@ use crate::support::receiver::Receiver;
 #[tokio::test]
 async fn default_nouns_fold_any_table_name() {
     let db = TestDb::new("nouns_fold").await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     let rows = db
         .client
         .query(
@@ -46,7 +48,9 @@ async fn default_nouns_fold_any_table_name() {
 #[tokio::test]
 async fn a_quoted_mixed_case_table_gets_a_default_noun_and_collisions_name_both_tables() {
     let db = TestDb::new("nouns_quoted").await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     db.exec(r#"CREATE SCHEMA "Sales"; CREATE TABLE "Sales"."Order Items" (id int PRIMARY KEY);"#)
         .await;
     let row = db
@@ -103,7 +107,9 @@ async fn a_quoted_mixed_case_table_gets_a_default_noun_and_collisions_name_both_
 #[tokio::test]
 async fn a_configured_table_with_spaces_and_capitals_is_watched_and_delivered() {
     let db = TestDb::new("nouns_config").await;
-    store::migrate(&db.url, &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     let receiver = Receiver::start().await;
     db.exec(r#"CREATE SCHEMA "Sales"; CREATE TABLE "Sales"."Order Items" (id int PRIMARY KEY, "Qty" int);"#)
         .await;
