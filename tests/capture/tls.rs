@@ -143,13 +143,31 @@ async fn database(name: &str) -> (String, tokio_postgres::Client) {
     (name.to_owned(), db.client().await.unwrap())
 }
 
+/// A child process killed when dropped, so a failing assertion leaves no daemon behind.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Process {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
 /// `walhook` with `args` on `db_url`; stderr goes to a file, returned with the child.
-fn walhook(
-    args: &[&str],
-    db_url: &str,
-    name: &str,
-    extra: &[(&str, &str)],
-) -> (std::process::Child, PathBuf) {
+fn walhook(args: &[&str], db_url: &str, name: &str, extra: &[(&str, &str)]) -> (Process, PathBuf) {
     let log = server().certs.join(format!("{name}.stderr"));
     let child = Command::new(env!("CARGO_BIN_EXE_walhook"))
         .args(args)
@@ -159,13 +177,13 @@ fn walhook(
         .env("WALHOOK_CAPTURE__STATUS_INTERVAL_MS", "100")
         .env("WALHOOK_DELIVERY__ALLOW_PRIVATE_TARGETS", "true")
         .env("WALHOOK_API__ENABLED", "false")
-        .env("WALHOOK_LOG", "walhook=warn")
+        .env("WALHOOK_LOG", "walhook=info")
         .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    (child, log)
+    (Process(child), log)
 }
 
 /// `walhook run` with `sslmode=require` in `mode` delivers an insert to a receiver.
@@ -173,32 +191,27 @@ async fn run_delivers(mode: &str, extra: &[(&str, &str)]) -> String {
     let (name, client) = database(&format!("tls_run_{mode}")).await;
     let receiver = Receiver::start().await;
     client
-        .batch_execute("CREATE TABLE public.items (id int PRIMARY KEY, label text);")
+        .batch_execute("CREATE TABLE public.items (id int PRIMARY KEY, label text)")
         .await
         .unwrap();
     let db_url = url("127.0.0.1", &name, "sslmode=require");
     let mut env = vec![("WALHOOK_CAPTURE__MODE", mode)];
     env.extend_from_slice(extra);
-    let (mut child, log) = walhook(&["run"], &db_url, &name, &env);
-    // The daemon installs walhook's schema; subscribe and watch once it is there.
-    let setup = format!(
-        "SELECT walhook.watch('public.items'); SELECT walhook.subscribe('{}', '{{items.created}}');",
-        receiver.url
+    // `walhook migrate` over TLS installs the schema; then watch and subscribe, then run.
+    let (mut migrate, log) = walhook(&["migrate"], &db_url, &name, &env);
+    assert!(
+        migrate.wait().unwrap().success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
     );
-    let mut ready = false;
-    for _ in 0..600 {
-        if client.batch_execute(&setup).await.is_ok() {
-            ready = true;
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "walhook exited: {}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "walhook did not install its schema");
+    client
+        .batch_execute(&format!(
+            "SELECT walhook.watch('public.items'); SELECT walhook.subscribe('{}', '{{items.created}}');",
+            receiver.url
+        ))
+        .await
+        .unwrap();
+    let (mut child, log) = walhook(&["run"], &db_url, &name, &env);
     // Insert until the first delivery: the daemon may still be starting its capture.
     let mut id = 0;
     let mut delivered = Vec::new();
@@ -219,7 +232,11 @@ async fn run_delivers(mode: &str, extra: &[(&str, &str)]) -> String {
             std::fs::read_to_string(&log).unwrap()
         );
     }
-    assert!(!delivered.is_empty(), "nothing delivered in {mode} mode");
+    assert!(
+        !delivered.is_empty(),
+        "nothing delivered in {mode} mode: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
     let body: serde_json::Value = serde_json::from_str(&delivered[0].body).unwrap();
     assert_eq!(body["type"], "items.created");
     assert_eq!(body["source"]["mode"], mode);
