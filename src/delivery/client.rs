@@ -41,6 +41,9 @@ impl Target {
     }
 }
 
+/// Most bytes of a verification response body read (the challenge echo fits many times).
+pub const VERIFY_BODY_MAX: usize = 4 * 1024;
+
 /// One message to send.
 pub struct Message<'a> {
     /// Where and how to sign.
@@ -102,7 +105,8 @@ impl Sender {
 
     /// REST hooks intent verification: POSTs `{"type": "walhook.verification", "challenge"}`
     /// with header `X-Hook-Secret: <challenge>`; the target must answer 2xx and echo the
-    /// challenge in the `X-Hook-Secret` response header or a JSON body's `challenge`.
+    /// challenge in the `X-Hook-Secret` response header or a JSON body's `challenge` (a body
+    /// longer than [`VERIFY_BODY_MAX`] is not read past it and does not count).
     pub async fn verify(&self, url: &str, challenge: &str) -> Result<(), String> {
         let url = self.target(url)?;
         let body = serde_json::json!({"type": "walhook.verification", "challenge": challenge});
@@ -123,11 +127,33 @@ impl Sender {
             .headers()
             .get("x-hook-secret")
             .is_some_and(|v| v.as_bytes() == challenge.as_bytes());
-        let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
-        let echoed_body = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .is_ok_and(|v| v["challenge"] == challenge);
+        // The body is read chunk by chunk and only up to the cap: a target streaming an
+        // endless body costs at most the cap (and the request timeout), never memory.
+        let mut bytes = Vec::new();
+        let mut response = response;
+        let mut within_cap = true;
+        while !echoed_header {
+            match response.chunk().await.map_err(|e| transport_error(&e))? {
+                Some(chunk) if bytes.len() + chunk.len() <= VERIFY_BODY_MAX => {
+                    bytes.extend_from_slice(&chunk);
+                }
+                Some(_) => {
+                    within_cap = false;
+                    break;
+                }
+                None => break,
+            }
+        }
+        drop(response);
+        let echoed_body = within_cap
+            && serde_json::from_slice::<serde_json::Value>(&bytes)
+                .is_ok_and(|v| v["challenge"] == challenge);
         if echoed_header || echoed_body {
             Ok(())
+        } else if !within_cap {
+            Err(format!(
+                "target answered a body longer than {VERIFY_BODY_MAX} bytes without echoing the challenge in X-Hook-Secret"
+            ))
         } else {
             Err("target did not echo the challenge (X-Hook-Secret header or \"challenge\" in a JSON body)".into())
         }

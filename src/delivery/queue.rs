@@ -34,11 +34,14 @@ pub enum QueueError {
     Batch(String),
 }
 
-/// Builds a pool for `url` (max `size` connections).
-pub fn pool(url: &str, size: usize) -> Result<PgPool, QueueError> {
+/// Builds a pool for `url` (max `size` connections); a caller waiting longer than
+/// `wait_timeout` for a free connection gets an error instead of waiting on.
+pub fn pool(url: &str, size: usize, wait_timeout: Duration) -> Result<PgPool, QueueError> {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
     Pool::builder(manager)
         .max_size(size)
+        .wait_timeout(Some(wait_timeout))
+        .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|e| QueueError::Pool(e.to_string()))
 }

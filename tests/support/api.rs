@@ -49,7 +49,8 @@ pub struct ApiFixture {
 }
 
 impl ApiFixture {
-    /// Starts it with the test configuration as `tweak` leaves it.
+    /// Starts it with the test configuration as `tweak` leaves it. Intent verification is
+    /// off here (most receivers in tests do not echo challenges); tests of it turn it on.
     pub async fn start(test: &str, tweak: impl FnOnce(&mut Config)) -> ApiFixture {
         let db = TestDb::new(test).await;
         store::migrate(&db.url, &db.name, true).await.unwrap();
@@ -60,6 +61,7 @@ impl ApiFixture {
         )
         .await;
         let mut config = config(&db, FAST_RETRIES, &[]);
+        config.api.verify_intent = false;
         tweak(&mut config);
         let api = Api::new(&config);
         let daemon = Daemon::start(&db, config).await;
