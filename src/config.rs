@@ -215,7 +215,10 @@ impl Config {
         for (key, value) in [
             ("api.pool_size", a.pool_size as u64),
             ("api.pool_wait_ms", a.pool_wait_ms),
-            ("api.rate_limit_per_minute", u64::from(a.rate_limit_per_minute)),
+            (
+                "api.rate_limit_per_minute",
+                u64::from(a.rate_limit_per_minute),
+            ),
             ("api.header_timeout_ms", a.header_timeout_ms),
             ("api.request_timeout_ms", a.request_timeout_ms),
             ("api.max_connections", a.max_connections as u64),

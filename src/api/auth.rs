@@ -170,10 +170,8 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
         let (owner, scopes) = found.ok_or(ApiError::Unauthorized("invalid or revoked token"))?;
         drop(conn);
         // First request of a token since start (or since its bucket refilled and was pruned).
-        if !counted {
-            if let Some(Err(retry_after)) = state.limiter.take(&key, true) {
-                return Err(ApiError::RateLimited { retry_after });
-            }
+        if !counted && let Some(Err(retry_after)) = state.limiter.take(&key, true) {
+            return Err(ApiError::RateLimited { retry_after });
         }
         Ok(Caller { owner, scopes })
     }

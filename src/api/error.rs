@@ -127,7 +127,8 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, field) = self.parts();
-        let mut body = json!({"error": {"code": code, "message": self.to_string(), "field": field}});
+        let mut body =
+            json!({"error": {"code": code, "message": self.to_string(), "field": field}});
         let request_id = status.is_server_error().then(request_id);
         if let Some(id) = &request_id {
             tracing::error!(request_id = %id, error = %self, "API request failed");
@@ -206,4 +207,39 @@ fn request_id() -> String {
 /// The answer for a path no route serves: 404 in the API's error shape.
 pub async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn server_errors_hide_details_behind_a_request_id() {
+        let response =
+            ApiError::Internal("relation \"secret_table\" does not exist".into()).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(id.starts_with("req_") && id.len() == 20, "{id}");
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": {"code": "internal", "message": format!("internal error (request id {id})"),
+                   "field": null, "request_id": id}})
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_limits_say_when_to_come_back() {
+        let wait = std::time::Duration::from_millis(11_200);
+        let response = ApiError::RateLimited { retry_after: wait }.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], "12");
+        assert!(!response.headers().contains_key("x-request-id"));
+    }
 }

@@ -85,7 +85,11 @@ mod tests {
         let limiter = RateLimiter::new(6);
         let t0 = Instant::now();
         let at = |secs: u64| t0 + Duration::from_secs(secs);
-        assert_eq!(limiter.take_at("a", false, t0), None, "unknown keys get no bucket");
+        assert_eq!(
+            limiter.take_at("a", false, t0),
+            None,
+            "unknown keys get no bucket"
+        );
         for _ in 0..6 {
             assert_eq!(limiter.take_at("a", true, t0), Some(Ok(())));
         }
@@ -98,7 +102,11 @@ mod tests {
         for _ in 0..6 {
             assert_eq!(limiter.take_at("a", false, at(3600)), Some(Ok(())));
         }
-        assert_eq!(limiter.take_at("a", false, at(3600)), wait(10), "never more than 6");
+        assert_eq!(
+            limiter.take_at("a", false, at(3600)),
+            wait(10),
+            "never more than 6"
+        );
     }
 
     #[test]

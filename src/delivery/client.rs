@@ -132,15 +132,12 @@ impl Sender {
         let mut bytes = Vec::new();
         let mut response = response;
         let mut within_cap = true;
-        while !echoed_header {
+        while !echoed_header && within_cap {
             match response.chunk().await.map_err(|e| transport_error(&e))? {
                 Some(chunk) if bytes.len() + chunk.len() <= VERIFY_BODY_MAX => {
                     bytes.extend_from_slice(&chunk);
                 }
-                Some(_) => {
-                    within_cap = false;
-                    break;
-                }
+                Some(_) => within_cap = false,
                 None => break,
             }
         }

@@ -410,17 +410,26 @@ mod tests {
         let changed = index.with(b.id, Some(b2));
         assert_eq!(targets(&changed, &created), vec!["a"]);
         assert_eq!(
-            changed.subscription(b.id).map(|r| r.subscription.target_url.as_str()),
+            changed
+                .subscription(b.id)
+                .map(|r| r.subscription.target_url.as_str()),
             Some("b2")
         );
-        assert_eq!(changed.by_type.get("invoices.created").map(Vec::len), Some(1));
+        assert_eq!(
+            changed.by_type.get("invoices.created").map(Vec::len),
+            Some(1)
+        );
         let c = sub("c", &["orders.*"], json!({}), None);
         let added = changed.with(c.id, Some(c.clone()));
         assert_eq!(targets(&added, &created), vec!["a", "c"]);
         let removed = added.with(a.id, None);
         assert_eq!(targets(&removed, &created), vec!["c"]);
         assert!(removed.subscription(a.id).is_none());
-        assert_eq!(targets(&index, &created), vec!["a", "b"], "the old index is unchanged");
+        assert_eq!(
+            targets(&index, &created),
+            vec!["a", "b"],
+            "the old index is unchanged"
+        );
         assert_eq!(removed.event_types(), index.event_types());
     }
 

@@ -89,6 +89,14 @@ impl Api {
         }
     }
 
+    /// An API client of its own (own connections) for `base`.
+    pub fn new_base(base: &str) -> Api {
+        Api {
+            base: base.to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
     /// Sends `method path` with an optional bearer token and raw body.
     pub async fn raw(
         &self,
