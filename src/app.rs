@@ -26,6 +26,10 @@ use crate::subscriptions::live::LiveRouting;
 use crate::subscriptions::store::{self, StoreError};
 use crate::switch::{self, Drain, SwitchError};
 
+/// Longest wait of delivery (queue writes, retries, health) for a pooled connection; past
+/// it the operation fails and is retried by its caller rather than hanging.
+const DELIVERY_POOL_WAIT: Duration = Duration::from_secs(10);
+
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -98,7 +102,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let background = CancellationToken::new();
     let routing =
         LiveRouting::start(database.clone(), Duration::from_secs(5), background.clone()).await?;
-    let pool = database.pool(16, None)?;
+    let pool = database.pool(16, Some(DELIVERY_POOL_WAIT))?;
     let drain = Drain {
         config: delivery_config.clone(),
         pool: pool.clone(),
@@ -129,17 +133,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         }
     };
     drop(client);
+    let api_pool = database.pool(
+        config.api.pool_size,
+        Some(Duration::from_millis(config.api.pool_wait_ms)),
+    )?;
     let api_task = listener.map(|listener| {
         let state = Arc::new(ApiState {
-            pool: pool.clone(),
+            pool: api_pool,
             routing: routing.clone(),
             capture: capture.ack.clone(),
             slot: config.capture.slot.clone(),
             sender: sender.clone(),
             verify_intent: config.api.verify_intent,
+            max_subscriptions_per_owner: config.api.max_subscriptions_per_owner,
+            limiter: api::RateLimiter::new(config.api.rate_limit_per_minute),
+            request_timeout: Duration::from_millis(config.api.request_timeout_ms),
         });
+        let listening = api::Listening {
+            header_timeout: Duration::from_millis(config.api.header_timeout_ms),
+            max_connections: config.api.max_connections,
+        };
         tracing::info!(listen = %config.api.listen, "REST API listening");
-        tokio::spawn(api::serve(listener, api::router(state), shutdown.clone()))
+        tokio::spawn(api::serve(
+            listener,
+            api::router(state),
+            listening,
+            shutdown.clone(),
+        ))
     });
     let purge = tokio::spawn(queue::purge_dead_letters(
         Queue::new(pool.clone()),

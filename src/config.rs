@@ -161,6 +161,20 @@ pub struct ApiSection {
     pub listen: std::net::SocketAddr,
     /// Ask a target to echo a challenge before subscribing it (REST hooks intent verification).
     pub verify_intent: bool,
+    /// Database connections of the API's own pool (apart from delivery's).
+    pub pool_size: usize,
+    /// Longest wait for one of them, in milliseconds; then 503.
+    pub pool_wait_ms: u64,
+    /// Subscriptions one owner may hold (the next is refused with 409).
+    pub max_subscriptions_per_owner: u64,
+    /// Requests per minute per token (token bucket, a minute's worth of burst); then 429.
+    pub rate_limit_per_minute: u32,
+    /// Longest time a client may take to send a request's headers, in milliseconds.
+    pub header_timeout_ms: u64,
+    /// Longest time one request may take, in milliseconds; then 503.
+    pub request_timeout_ms: u64,
+    /// Open connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 /// `[[tables]]`.
@@ -298,6 +312,7 @@ impl Config {
         );
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
+        config.check_api()?;
         let warnings = unknown_env(std::env::vars()).into_iter().collect();
         Ok((config, warnings))
     }
@@ -307,6 +322,7 @@ impl Config {
         let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml));
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
+        config.check_api()?;
         Ok(config)
     }
 
@@ -412,6 +428,30 @@ impl Config {
             )));
         }
         Ok(retention)
+    }
+
+    /// Refuses `[api]` values that cannot work (zero sizes and durations).
+    pub fn check_api(&self) -> Result<(), ConfigError> {
+        let a = &self.api;
+        for (key, value) in [
+            ("api.pool_size", a.pool_size as u64),
+            ("api.pool_wait_ms", a.pool_wait_ms),
+            (
+                "api.rate_limit_per_minute",
+                u64::from(a.rate_limit_per_minute),
+            ),
+            ("api.header_timeout_ms", a.header_timeout_ms),
+            ("api.request_timeout_ms", a.request_timeout_ms),
+            ("api.max_connections", a.max_connections as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be positive".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Trigger capture's configuration, on `database`.

@@ -1,6 +1,7 @@
 //! API tokens: `whk_` + 32 random bytes (base64url), shown once; only their SHA-256 is
 //! stored in `walhook.api_tokens`, with the owner and the scopes (event patterns the token
-//! may subscribe to). [`Caller`] authenticates a request's `Authorization: Bearer` header.
+//! may subscribe to). [`Caller`] authenticates a request's `Authorization: Bearer` header
+//! and takes one request from the token's rate budget (`api.rate_limit_per_minute`).
 
 use std::sync::Arc;
 
@@ -150,9 +151,16 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             .ok_or(ApiError::Unauthorized(
                 "the Authorization header must be Bearer <token>",
             ))?;
+        let key = hash(token);
+        // A known token's empty bucket answers 429 before any query.
+        let counted = match state.limiter.take(&key, false) {
+            Some(Err(retry_after)) => return Err(ApiError::RateLimited { retry_after }),
+            Some(Ok(())) => true,
+            None => false,
+        };
         let mut conn = super::store::conn(&state.pool).await?;
         let found: Option<(String, Vec<String>)> = diesel::update(api_tokens::table)
-            .filter(api_tokens::token_hash.eq(hash(token)))
+            .filter(api_tokens::token_hash.eq(&key))
             .filter(api_tokens::revoked_at.is_null())
             .set(api_tokens::last_used_at.eq(diesel::dsl::now))
             .returning((api_tokens::owner, api_tokens::scopes))
@@ -160,6 +168,11 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             .await
             .optional()?;
         let (owner, scopes) = found.ok_or(ApiError::Unauthorized("invalid or revoked token"))?;
+        drop(conn);
+        // First request of a token since start (or since its bucket refilled and was pruned).
+        if !counted && let Some(Err(retry_after)) = state.limiter.take(&key, true) {
+            return Err(ApiError::RateLimited { retry_after });
+        }
         Ok(Caller { owner, scopes })
     }
 }

@@ -1,4 +1,8 @@
 //! API errors and their one JSON shape: `{"error": {"code", "message", "field"}}`.
+//!
+//! Server errors (5xx) never carry internal text (database errors, pool states): their body
+//! has a generic message and a `request_id`, also sent as `X-Request-Id`, and the details
+//! are logged with that id.
 
 use axum::Json;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
@@ -26,6 +30,23 @@ pub enum ApiError {
         /// Its id.
         existing: uuid::Uuid,
     },
+    /// 409 `subscription_limit`: the owner holds `api.max_subscriptions_per_owner` already.
+    #[error(
+        "this owner already has {limit} subscriptions, the most api.max_subscriptions_per_owner allows; delete one first"
+    )]
+    SubscriptionLimit {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// 429 `rate_limited`: the token's request budget (`api.rate_limit_per_minute`) is spent.
+    #[error(
+        "too many requests for this token (api.rate_limit_per_minute); retry after {} s",
+        retry_after_secs(*retry_after)
+    )]
+    RateLimited {
+        /// How long until the next request is allowed.
+        retry_after: std::time::Duration,
+    },
     /// 413 `body_too_large`.
     #[error("request body is larger than {} bytes", super::MAX_BODY_BYTES)]
     TooLarge,
@@ -45,9 +66,13 @@ pub enum ApiError {
     /// 422 `verification_failed`: the target did not confirm the subscription.
     #[error("intent verification failed: {0}")]
     Verification(String),
-    /// 503 `unavailable`: the database could not be reached.
+    /// 503 `unavailable`: the database could not be reached, or no connection of the API's
+    /// pool came free within `api.pool_wait_ms`.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// 503 `timeout`: the request took longer than `api.request_timeout_ms`.
+    #[error("the request took longer than {0} ms (api.request_timeout_ms)")]
+    TimedOut(u64),
     /// 500 `internal`.
     #[error("internal error: {0}")]
     Internal(String),
@@ -88,7 +113,12 @@ impl ApiError {
                 "verification_failed",
                 Some("target_url"),
             ),
+            ApiError::SubscriptionLimit { .. } => {
+                (StatusCode::CONFLICT, "subscription_limit", None)
+            }
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", None),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            ApiError::TimedOut(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout", None),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }
@@ -97,13 +127,33 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, field) = self.parts();
-        if status.is_server_error() {
-            tracing::error!(error = %self, "API request failed");
+        let mut body =
+            json!({"error": {"code": code, "message": self.to_string(), "field": field}});
+        let request_id = status.is_server_error().then(request_id);
+        if let Some(id) = &request_id {
+            tracing::error!(request_id = %id, error = %self, "API request failed");
+            let message = match &self {
+                ApiError::Internal(_) => format!("internal error (request id {id})"),
+                ApiError::Unavailable(_) => {
+                    format!("the database is unavailable or busy; retry later (request id {id})")
+                }
+                other => format!("{other} (request id {id})"),
+            };
+            body["error"]["message"] = json!(message);
+            body["error"]["request_id"] = json!(id);
         }
-        let body = json!({"error": {"code": code, "message": self.to_string(), "field": field}});
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
+        if let Some(id) = request_id.and_then(|id| HeaderValue::try_from(id).ok()) {
+            headers.insert("x-request-id", id);
+        }
         match &self {
+            ApiError::RateLimited { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(*retry_after)),
+                );
+            }
             ApiError::Unauthorized(_) => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
@@ -143,7 +193,53 @@ impl From<diesel::result::Error> for ApiError {
     }
 }
 
+/// Whole seconds to wait, rounded up (at least 1).
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// A fresh request id: `req_` + 16 random hex digits.
+fn request_id() -> String {
+    format!("req_{:016x}", rand::random::<u64>())
+}
+
 /// The answer for a path no route serves: 404 in the API's error shape.
 pub async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn server_errors_hide_details_behind_a_request_id() {
+        let response =
+            ApiError::Internal("relation \"secret_table\" does not exist".into()).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(id.starts_with("req_") && id.len() == 20, "{id}");
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": {"code": "internal", "message": format!("internal error (request id {id})"),
+                   "field": null, "request_id": id}})
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_limits_say_when_to_come_back() {
+        let wait = std::time::Duration::from_millis(11_200);
+        let response = ApiError::RateLimited { retry_after: wait }.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], "12");
+        assert!(!response.headers().contains_key("x-request-id"));
+    }
 }

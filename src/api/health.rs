@@ -73,6 +73,11 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<impl IntoResp
             ("{state=\"inactive\"}", g.inactive),
         ],
     );
+    let _ = writeln!(
+        out,
+        "# HELP walhook_routing_reloads_total Full loads of the routing index (start, NOTIFY walhook_config, periodic).\n# TYPE walhook_routing_reloads_total counter\nwalhook_routing_reloads_total {}",
+        state.routing.full_reloads()
+    );
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -1,11 +1,17 @@
 //! `/v1/hooks`: the caller's subscriptions — create, list (paginated), show, replace
 //! (PUT), update (PATCH), delete, and unsubscribe by `target_url`.
 //!
-//! Rules: patterns must be valid (422) and inside the token's scopes (403); the same target
-//! with the same set of patterns twice is 409 with the existing one's `Location`; column
-//! rules (URL form, SSRF, secret form, expiry in the future, object shapes) are the
-//! `check_subscription` trigger's, reported as 422 naming the column. The secret is shown
-//! once, in the answer to POST.
+//! Rules: patterns must be valid (422) and inside the token's scopes (403), and so must the
+//! patterns a subscription has now for any write of it (PUT, PATCH, DELETE, unsubscribe): a
+//! narrower token of the same owner cannot touch hooks outside its scopes; the same target
+//! with the same set of patterns twice is 409 with the existing one's `Location`; an owner
+//! holding `api.max_subscriptions_per_owner` gets 409 `subscription_limit`; column rules
+//! (URL form, SSRF, secret form, expiry in the future, object shapes, denied `headers`) are
+//! the `check_subscription` trigger's — the one place they live — reported as 422 naming the
+//! column. The secret is shown once, in the answer to POST.
+//!
+//! Intent verification (POST, and PUT/PATCH changing `target_url`) runs while the request
+//! holds no database connection, so slow targets cannot take the API's pool.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -26,6 +33,7 @@ use super::body::{Fields, JsonObject};
 use super::error::ApiError;
 use super::store::{self, Hook, HookRow};
 use crate::subscriptions::routing::{pattern_covers, pattern_valid};
+use crate::subscriptions::store::Subscription;
 
 /// Fields a subscription body may hold.
 const FIELDS: &[&str] = &[
@@ -126,14 +134,9 @@ fn new_secret() -> String {
     format!("whsec_{}", STANDARD.encode(rand::random::<[u8; 32]>()))
 }
 
-/// Patterns valid (422) and within scope (403); not a duplicate (409).
-async fn check(
-    conn: &mut diesel_async::AsyncPgConnection,
-    caller: &Caller,
-    row: &HookRow,
-    except: Option<Uuid>,
-) -> Result<(), ApiError> {
-    if let Some(bad) = row.events.iter().find(|p| !pattern_valid(p)) {
+/// Patterns valid (422) and within scope (403).
+fn check_patterns(caller: &Caller, events: &[String]) -> Result<(), ApiError> {
+    if let Some(bad) = events.iter().find(|p| !pattern_valid(p)) {
         return Err(ApiError::invalid(
             "events",
             format!(
@@ -141,26 +144,77 @@ async fn check(
             ),
         ));
     }
-    if let Some(outside) = row
-        .events
+    in_scope(caller, events)
+}
+
+/// Every pattern within the token's scopes (403 otherwise).
+fn in_scope(caller: &Caller, events: &[String]) -> Result<(), ApiError> {
+    match events
         .iter()
         .find(|p| !caller.scopes.iter().any(|s| pattern_covers(s, p)))
     {
-        return Err(ApiError::OutOfScope {
+        Some(outside) => Err(ApiError::OutOfScope {
             pattern: outside.clone(),
-        });
+        }),
+        None => Ok(()),
     }
+}
+
+/// Not a duplicate of another of the caller's subscriptions (409).
+async fn check_duplicate(
+    conn: &mut AsyncPgConnection,
+    caller: &Caller,
+    row: &HookRow,
+    except: Option<Uuid>,
+) -> Result<(), ApiError> {
     match store::duplicate(conn, &caller.owner, row, except).await? {
         Some(existing) => Err(ApiError::Duplicate { existing }),
         None => Ok(()),
     }
 }
 
-/// Makes a committed write take effect for routing before the call answers.
-async fn reload(state: &ApiState, conn: &mut diesel_async::AsyncPgConnection) {
-    if let Err(e) = state.routing.reload(conn).await {
-        tracing::warn!(error = %e, "routing reload after an API write failed; NOTIFY will catch up");
+/// REST hooks intent verification of `target_url` when configured (422 when it fails).
+/// Called with no database connection held.
+async fn verify(state: &ApiState, target_url: &str) -> Result<(), ApiError> {
+    if !state.verify_intent {
+        return Ok(());
     }
+    let url = reqwest::Url::parse(target_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"));
+    if url.is_none() {
+        return Err(ApiError::invalid(
+            "target_url",
+            format!("target_url must be an http:// or https:// URL, got {target_url:?}"),
+        ));
+    }
+    let challenge = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+    state
+        .sender
+        .verify(target_url, &challenge)
+        .await
+        .map_err(ApiError::Verification)
+}
+
+/// Makes a committed write take effect for routing before the call answers: the one
+/// subscription as written (`None`: deleted) goes into the live index, no reload.
+fn take_effect(state: &ApiState, id: Uuid, hook: Option<&Hook>, owner: &str) {
+    let now = Utc::now();
+    let routed = hook
+        .filter(|h| h.active && h.expires_at.is_none_or(|t| t > now))
+        .map(|h| Subscription {
+            id: h.id,
+            owner: Some(owner.to_owned()),
+            events: h.events.clone(),
+            target_url: h.target_url.clone(),
+            filter: h.filter.clone(),
+            secret: h.secret.clone(),
+            headers: h.headers.clone(),
+            context: h.context.clone(),
+            active: h.active,
+            expires_at: h.expires_at,
+        });
+    state.routing.apply(id, routed);
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
@@ -178,30 +232,26 @@ pub async fn create(
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let row = Input::read(body)?.whole(&caller.owner, new_secret())?;
+    check_patterns(&caller, &row.events)?;
+    verify(&state, &row.target_url).await?;
     let mut conn = store::conn(&state.pool).await?;
-    check(&mut conn, &caller, &row, None).await?;
-    if state.verify_intent {
-        let url = reqwest::Url::parse(&row.target_url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https"));
-        if url.is_none() {
-            return Err(ApiError::invalid(
-                "target_url",
-                format!(
-                    "target_url must be an http:// or https:// URL, got {:?}",
-                    row.target_url
-                ),
-            ));
-        }
-        let challenge = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
-        state
-            .sender
-            .verify(&row.target_url, &challenge)
-            .await
-            .map_err(ApiError::Verification)?;
-    }
-    let hook = store::insert(&mut conn, &row).await?;
-    reload(&state, &mut conn).await;
+    let limit = state.max_subscriptions_per_owner;
+    let (caller, row) = (&caller, &row);
+    let hook = conn
+        .transaction::<_, ApiError, _>(async move |conn| {
+            {
+                // One create at a time per owner, so concurrent ones cannot pass the limit.
+                store::lock_owner(conn, &caller.owner).await?;
+                if store::count(conn, &caller.owner).await? >= limit {
+                    return Err(ApiError::SubscriptionLimit { limit });
+                }
+                check_duplicate(conn, caller, row, None).await?;
+                store::insert(conn, row).await
+            }
+        })
+        .await?;
+    drop(conn);
+    take_effect(&state, hook.id, Some(&hook), &caller.owner);
     let location = format!("/v1/hooks/{}", hook.id);
     Ok((
         StatusCode::CREATED,
@@ -289,7 +339,8 @@ enum Write {
     Patch,
 }
 
-/// PUT and PATCH: reads the caller's subscription, applies the body, checks, writes.
+/// PUT and PATCH: reads the caller's subscription (its patterns must be in the token's
+/// scopes), applies the body, checks, verifies a changed target (no connection held), writes.
 async fn write(
     state: &ApiState,
     caller: &Caller,
@@ -299,10 +350,14 @@ async fn write(
 ) -> Result<Json<Value>, ApiError> {
     let uuid = parse_id(id)?;
     let input = Input::read(body)?;
-    let mut conn = store::conn(&state.pool).await?;
-    let current = store::get(&mut conn, &caller.owner, uuid)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let current = {
+        let mut conn = store::conn(&state.pool).await?;
+        store::get(&mut conn, &caller.owner, uuid)
+            .await?
+            .ok_or_else(|| not_found(id))?
+    };
+    in_scope(caller, &current.events)?;
+    let current_url = current.target_url.clone();
     let (row, check_events) = match how {
         Write::Replace => (input.whole(&caller.owner, current.secret)?, true),
         Write::Patch => {
@@ -312,13 +367,19 @@ async fn write(
             (row, check_events)
         }
     };
+    check_patterns(caller, &row.events)?;
+    if row.target_url != current_url {
+        verify(state, &row.target_url).await?;
+    }
+    let mut conn = store::conn(&state.pool).await?;
     if check_events {
-        check(&mut conn, caller, &row, Some(uuid)).await?;
+        check_duplicate(&mut conn, caller, &row, Some(uuid)).await?;
     }
     let hook = store::update(&mut conn, &caller.owner, uuid, &row)
         .await?
         .ok_or_else(|| not_found(id))?;
-    reload(state, &mut conn).await;
+    drop(conn);
+    take_effect(state, uuid, Some(&hook), &caller.owner);
     Ok(Json(hook.to_json(false)))
 }
 
@@ -351,15 +412,21 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let uuid = parse_id(&id)?;
     let mut conn = store::conn(&state.pool).await?;
+    let current = store::get(&mut conn, &caller.owner, uuid)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    in_scope(&caller, &current.events)?;
     if !store::delete(&mut conn, &caller.owner, uuid).await? {
         return Err(not_found(&id));
     }
-    reload(&state, &mut conn).await;
+    drop(conn);
+    take_effect(&state, uuid, None, &caller.owner);
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /v1/hooks/unsubscribe` `{"target_url"}`: deletes the caller's subscriptions to that
-/// URL; 200 `{"deleted": [ids]}`, or 404 when there are none.
+/// URL; 200 `{"deleted": [ids]}`, or 404 when there are none, or 403 (deleting nothing) when
+/// one of them has patterns outside the token's scopes.
 pub async fn unsubscribe(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -370,10 +437,26 @@ pub async fn unsubscribe(
         .string("target_url")?
         .ok_or_else(|| ApiError::missing("target_url"))?;
     let mut conn = store::conn(&state.pool).await?;
-    let deleted = store::delete_by_url(&mut conn, &caller.owner, &url).await?;
+    let (caller, url) = (&caller, &url);
+    let deleted = conn
+        .transaction::<_, ApiError, _>(async move |conn| {
+            {
+                let deleted = store::delete_by_url(conn, &caller.owner, url).await?;
+                for (_, events) in &deleted {
+                    // Rolls the delete back.
+                    in_scope(caller, events)?;
+                }
+                Ok(deleted)
+            }
+        })
+        .await?;
+    drop(conn);
     if deleted.is_empty() {
         return Err(ApiError::NotFound(format!("no subscription to {url}")));
     }
-    reload(&state, &mut conn).await;
-    Ok(Json(json!({"deleted": deleted})))
+    let ids: Vec<Uuid> = deleted.into_iter().map(|(id, _)| id).collect();
+    for id in &ids {
+        take_effect(&state, *id, None, &caller.owner);
+    }
+    Ok(Json(json!({"deleted": ids})))
 }

@@ -195,18 +195,38 @@ pub async fn delete(conn: &mut AsyncPgConnection, owner: &str, id: Uuid) -> Resu
     Ok(deleted > 0)
 }
 
-/// Deletes `owner`'s subscriptions to `target_url`; their ids.
+/// Deletes `owner`'s subscriptions to `target_url`; their ids and patterns.
 pub async fn delete_by_url(
     conn: &mut AsyncPgConnection,
     owner: &str,
     target_url: &str,
-) -> Result<Vec<Uuid>, ApiError> {
+) -> Result<Vec<(Uuid, Vec<String>)>, ApiError> {
     Ok(diesel::delete(subscriptions::table)
         .filter(subscriptions::target_url.eq(target_url))
         .filter(subscriptions::owner.eq(owner))
-        .returning(subscriptions::id)
+        .returning((subscriptions::id, subscriptions::events))
         .get_results(conn)
         .await?)
+}
+
+/// Takes a transaction-scoped advisory lock on `owner` (class 0x7768 "wh" and the owner's
+/// hash): serialises creates of one owner so the per-owner limit holds under concurrency.
+pub async fn lock_owner(conn: &mut AsyncPgConnection, owner: &str) -> Result<(), ApiError> {
+    diesel::sql_query("SELECT pg_catalog.pg_advisory_xact_lock(30568, pg_catalog.hashtext($1))")
+        .bind::<Text, _>(owner)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// How many subscriptions `owner` has.
+pub async fn count(conn: &mut AsyncPgConnection, owner: &str) -> Result<u64, ApiError> {
+    let n: i64 = subscriptions::table
+        .filter(subscriptions::owner.eq(owner))
+        .count()
+        .get_result(conn)
+        .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Another of `owner`'s subscriptions with the same target and the same set of patterns.

@@ -231,10 +231,17 @@ impl Sender {
         let bytes = read_start(&mut response, MAX_RESPONSE_BODY)
             .await
             .map_err(|e| transport_error(&e))?;
-        let echoed_body = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .is_ok_and(|v| v["challenge"] == challenge);
+        // A body that filled the cap was cut there: it does not count as an echo.
+        let within_cap = bytes.len() < MAX_RESPONSE_BODY;
+        let echoed_body = within_cap
+            && serde_json::from_slice::<serde_json::Value>(&bytes)
+                .is_ok_and(|v| v["challenge"] == challenge);
         if echoed_header || echoed_body {
             Ok(())
+        } else if !within_cap {
+            Err(format!(
+                "target answered a body longer than {MAX_RESPONSE_BODY} bytes without echoing the challenge in X-Hook-Secret"
+            ))
         } else {
             Err("target did not echo the challenge (X-Hook-Secret header or \"challenge\" in a JSON body)".into())
         }

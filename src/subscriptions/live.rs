@@ -12,9 +12,14 @@
 //! a watched table get `REPLICA IDENTITY FULL`.
 //!
 //! A writer that must see its own change take effect (the REST API, before it answers) calls
-//! [`LiveRouting::reload`]: loads are numbered when they start, and an index is published only
-//! if no later-started load was published first, so a reload that starts after a commit
-//! leaves an index that includes it.
+//! [`LiveRouting::apply`] with the one subscription it wrote (no query: the current index
+//! with that route replaced), or [`LiveRouting::reload`]. Loads and applies are numbered when
+//! they start, and an index is published only if no later-started one was published first,
+//! so a reload that starts after a commit leaves an index that includes it. (A full load
+//! started before an apply is dropped; the writer's own NOTIFY starts a later one.)
+//!
+//! Any role may `NOTIFY walhook_config`, so notifications are coalesced: full reloads by the
+//! LISTEN session start at least [`MIN_RELOAD_INTERVAL`] apart however many arrive.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,7 +33,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::routing::RoutingIndex;
-use super::store::{self, StoreError};
+use super::store::{self, StoreError, Subscription};
 use crate::database::Database;
 
 /// The channel the config triggers notify.
@@ -38,6 +43,9 @@ pub const CHANNEL: &str = "walhook_config";
 /// partitions attached): see [`store::reconcile_watches`]. Its changes to
 /// `walhook.watched_tables` notify [`CHANNEL`], so the index follows at once.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+
+/// Shortest time between the starts of two reloads woken by notifications.
+pub const MIN_RELOAD_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A handle on the current routing index.
 #[derive(Clone)]
@@ -51,11 +59,14 @@ struct Publisher {
     tx: watch::Sender<Arc<RoutingIndex>>,
     started: AtomicU64,
     published: Mutex<u64>,
+    /// Full loads run (for `/metrics`).
+    loads: AtomicU64,
 }
 
 impl Publisher {
     async fn load(&self, conn: &mut AsyncPgConnection) -> Result<(), StoreError> {
         let number = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        self.loads.fetch_add(1, Ordering::Relaxed);
         let (tables, subs) = store::load_routing(conn).await?;
         let index = Arc::new(RoutingIndex::build(tables, subs));
         let mut published = self
@@ -87,6 +98,26 @@ impl LiveRouting {
         self.publisher.load(conn).await
     }
 
+    /// Puts one subscription's committed state into the index at once, without a query:
+    /// `Some` replaces (or adds) its route, `None` removes it. Call it with the row as
+    /// written (routing keeps only active, unexpired subscriptions: pass `None` otherwise).
+    pub fn apply(&self, id: uuid::Uuid, subscription: Option<Subscription>) {
+        let publisher = &self.publisher;
+        let mut published = publisher
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let number = publisher.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let index = Arc::new(publisher.tx.borrow().with(id, subscription));
+        *published = number;
+        publisher.tx.send_replace(index);
+    }
+
+    /// Full loads of the index so far (at start, on notifications, periodic, by `reload`).
+    pub fn full_reloads(&self) -> u64 {
+        self.publisher.loads.load(Ordering::Relaxed)
+    }
+
     /// Loads the index once, then keeps it current until `cancel`.
     pub async fn start(
         database: Database,
@@ -98,6 +129,7 @@ impl LiveRouting {
             tx,
             started: AtomicU64::new(0),
             published: Mutex::new(0),
+            loads: AtomicU64::new(0),
         });
         let mut conn = store::connect(&database).await?;
         if let Err(e) = store::reconcile_watches(&mut conn).await {
@@ -167,7 +199,16 @@ async fn listen_and_reload(
             .map_err(|e| StoreError::Listen(e.to_string()))?;
         let mut conn = store::connect(database).await?;
         let mut ticker = tokio::time::interval(refresh);
+        let mut last: Option<tokio::time::Instant> = None;
         loop {
+            // Notifications arriving meanwhile collapse into the one pending wake-up.
+            if let Some(last) = last {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(last + MIN_RELOAD_INTERVAL) => {}
+                    _ = cancel.cancelled() => return Ok(()),
+                }
+            }
+            last = Some(tokio::time::Instant::now());
             publisher.load(&mut conn).await?;
             tokio::select! {
                 woke = wake.recv() => if woke.is_none() {

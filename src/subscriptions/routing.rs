@@ -135,6 +135,53 @@ impl RoutingIndex {
         index
     }
 
+    /// This index with one subscription changed: `subscription` replaces (or adds) the route
+    /// of `id`, `None` removes it. Other routes are shared, not rebuilt, and no query runs:
+    /// an API write costs the index one copy of its lists, not a reload of every row.
+    pub fn with(&self, id: uuid::Uuid, subscription: Option<Subscription>) -> RoutingIndex {
+        let mut by_type: HashMap<String, Vec<Arc<Route>>> = self
+            .by_type
+            .iter()
+            .map(|(event_type, routes)| {
+                let kept = routes
+                    .iter()
+                    .filter(|r| r.subscription.id != id)
+                    .cloned()
+                    .collect::<Vec<_>>();
+                (event_type.clone(), kept)
+            })
+            .filter(|(_, routes)| !routes.is_empty())
+            .collect();
+        let mut by_id = self.by_id.clone();
+        by_id.remove(&id);
+        if let Some(subscription) = subscription {
+            let route = Arc::new(Route::new(subscription));
+            by_id.insert(route.subscription.id, route.clone());
+            for watch in self.nouns.values() {
+                for verb in &watch.verbs {
+                    if route
+                        .subscription
+                        .events
+                        .iter()
+                        .any(|p| pattern_matches(p, &watch.noun, verb))
+                    {
+                        by_type
+                            .entry(format!("{}.{verb}", watch.noun))
+                            .or_default()
+                            .push(route.clone());
+                    }
+                }
+            }
+        }
+        RoutingIndex {
+            by_type,
+            by_id,
+            nouns: self.nouns.clone(),
+            by_relid: self.by_relid.clone(),
+            relid_of: self.relid_of.clone(),
+        }
+    }
+
     /// How the table `schema.table` is watched, if it is.
     pub fn watch(&self, schema: &str, table: &str) -> Option<&crate::events::Watch> {
         self.nouns.get(&(schema.to_owned(), table.to_owned()))
@@ -407,6 +454,41 @@ mod tests {
                 "orders.updated"
             ]
         );
+    }
+
+    #[test]
+    fn one_subscription_changes_without_a_rebuild() {
+        let a = sub("a", &["orders.created"], json!({}), None);
+        let b = sub("b", &["*.created"], json!({}), None);
+        let index = RoutingIndex::build(tables(), vec![a.clone(), b.clone()]);
+        let created = event(Op::Insert, json!({"id": 1, "ws": 1}), None);
+        let mut b2 = b.clone();
+        b2.target_url = "b2".into();
+        b2.events = vec!["invoices.*".into()];
+        let changed = index.with(b.id, Some(b2));
+        assert_eq!(targets(&changed, &created), vec!["a"]);
+        assert_eq!(
+            changed
+                .subscription(b.id)
+                .map(|r| r.subscription.target_url.as_str()),
+            Some("b2")
+        );
+        assert_eq!(
+            changed.by_type.get("invoices.created").map(Vec::len),
+            Some(1)
+        );
+        let c = sub("c", &["orders.*"], json!({}), None);
+        let added = changed.with(c.id, Some(c.clone()));
+        assert_eq!(targets(&added, &created), vec!["a", "c"]);
+        let removed = added.with(a.id, None);
+        assert_eq!(targets(&removed, &created), vec!["c"]);
+        assert!(removed.subscription(a.id).is_none());
+        assert_eq!(
+            targets(&index, &created),
+            vec!["a", "b"],
+            "the old index is unchanged"
+        );
+        assert_eq!(removed.event_types(), index.event_types());
     }
 
     #[test]

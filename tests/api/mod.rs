@@ -5,4 +5,6 @@ mod delivery;
 mod health;
 mod hooks;
 mod isolation;
+mod limits;
 mod openapi;
+mod starvation;

@@ -49,7 +49,8 @@ pub struct ApiFixture {
 }
 
 impl ApiFixture {
-    /// Starts it with the test configuration as `tweak` leaves it.
+    /// Starts it with the test configuration as `tweak` leaves it. Intent verification is
+    /// off here (most receivers in tests do not echo challenges); tests of it turn it on.
     pub async fn start(test: &str, tweak: impl FnOnce(&mut Config)) -> ApiFixture {
         let db = TestDb::new(test).await;
         store::migrate(&db.database(), &db.name, true)
@@ -62,6 +63,7 @@ impl ApiFixture {
         )
         .await;
         let mut config = config(&db, FAST_RETRIES, &[]);
+        config.api.verify_intent = false;
         tweak(&mut config);
         let api = Api::new(&config);
         let daemon = Daemon::start(&db, config).await;
@@ -85,6 +87,14 @@ impl Api {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Api {
             base: format!("http://{}", config.api.listen),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// An API client of its own (own connections) for `base`.
+    pub fn new_base(base: &str) -> Api {
+        Api {
+            base: base.to_owned(),
             client: reqwest::Client::new(),
         }
     }
