@@ -225,10 +225,9 @@ async fn planted_traps_never_run_through_the_api() {
     control(&f.db, &role).await;
 }
 
-/// The capture's catalog session compares `oid = int4` unqualified until every session pins
-/// its search path.
+/// Streaming: every session walhook opens (replication, catalog, pool, LISTEN) pins its
+/// search path, and catalog SQL casts, so planted operators never run.
 #[tokio::test]
-#[ignore = "needs session pinning from branch db"]
 async fn planted_traps_never_run_while_replication_streams() {
     let f = ApiFixture::start("traps_stream", |_| {}).await;
     let role = plant(&f.db, "orders").await;
