@@ -167,7 +167,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         Duration::from_secs(3600),
         background.clone(),
     ));
-    let delivery = Delivery::new(delivery_config, Queue::new(pool)).await?;
+    let delivery = Delivery::new(delivery_config, Queue::new(pool), routing.clone()).await?;
     let retrier = tokio::spawn(
         delivery
             .clone()

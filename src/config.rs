@@ -190,7 +190,8 @@ pub struct TableSection {
 const ENV_IGNORED: &[&str] = &["log", "config", "test_database_url"];
 
 /// Every configuration key, dotted (`capture.slot`), sections included: what the
-/// compiled-in defaults define, plus the keys without a default.
+/// compiled-in defaults define, plus the keys without a default (`database_url`, `tables`,
+/// `delivery.proxy`).
 fn known_keys() -> Vec<String> {
     fn walk(prefix: &str, dict: &figment::value::Dict, out: &mut Vec<String>) {
         for (key, value) in dict {
@@ -205,7 +206,9 @@ fn known_keys() -> Vec<String> {
             out.push(path);
         }
     }
-    let mut keys = vec!["database_url".to_owned(), "tables".to_owned()];
+    let mut keys: Vec<String> = ["database_url", "tables", "delivery.proxy"]
+        .map(str::to_owned)
+        .to_vec();
     if let Ok(dict) = Figment::from(Toml::string(DEFAULT_TOML)).extract::<figment::value::Dict>() {
         walk("", &dict, &mut keys);
     }
@@ -343,10 +346,16 @@ impl Config {
         self.tables
             .iter()
             .map(|t| {
+                // Exact spelling split at the first dot, unless quoted SQL syntax (see
+                // crate::table_names, which also finds case-folded spellings when watching).
+                if !t.name.contains('"') {
+                    let (schema, table) = t.name.split_once('.').unwrap_or(("public", &t.name));
+                    return Ok((schema.to_owned(), table.to_owned()));
+                }
                 database::split_table_name(&t.name).ok_or_else(|| ConfigError::Invalid {
                     key: "tables.name",
                     message: format!(
-                        "{:?} is not `table` or `schema.table` (SQL identifiers)",
+                        "{:?} is not `table`, `schema.table` or quoted SQL identifiers",
                         t.name
                     ),
                 })

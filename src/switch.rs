@@ -69,7 +69,8 @@ impl Drain {
         changes: mpsc::Receiver<CaptureMessage>,
         ack: Acknowledger,
     ) -> Result<(), QueueError> {
-        let delivery = Delivery::new(self.config, Queue::new(self.pool)).await?;
+        let delivery =
+            Delivery::new(self.config, Queue::new(self.pool), self.routing.clone()).await?;
         delivery
             .run(changes, ack, self.routing, CancellationToken::new())
             .await;

@@ -57,6 +57,8 @@ use client::Sender;
 use queue::Queue;
 use retry::{Outcome, RetryPolicy};
 
+use crate::subscriptions::live::LiveRouting;
+
 pub use spill::MAX_QUEUED_ROWS_TRACKED;
 
 /// Delivery settings.
@@ -137,6 +139,8 @@ pub struct Delivery {
     /// Attempts still in flight whose jobs were already queued (past `max_hold`): a stop
     /// waits for them, so each settles its queued row instead of leaving it to be re-sent.
     held_in_flight: AtomicUsize,
+    /// The live routing index, for subscriptions deactivated here.
+    routing: LiveRouting,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -145,9 +149,11 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Delivery {
     /// Delivery over `queue`; rows already pending in the table make their rows wait.
+    /// Subscriptions it deactivates (410, `disable_after`) leave `routing` at once.
     pub async fn new(
         config: DeliveryConfig,
         queue: Queue,
+        routing: LiveRouting,
     ) -> Result<Arc<Delivery>, queue::QueueError> {
         let pending = queue.pending_keys(MAX_QUEUED_ROWS_TRACKED).await?;
         let delivery = Arc::new(Delivery {
@@ -162,6 +168,7 @@ impl Delivery {
             subs: Mutex::new(HashMap::new()),
             draining: CancellationToken::new(),
             held_in_flight: AtomicUsize::new(0),
+            routing,
         });
         for (sub, key) in pending {
             let state = delivery.sub(sub);
@@ -217,7 +224,11 @@ impl Delivery {
             }
             Outcome::Gone => {
                 tracing::warn!(subscription = %id, "target answered 410 Gone; deactivating the subscription");
-                self.logged(self.queue.deactivate(id, "target answered 410 Gone").await);
+                let deactivated = self.queue.deactivate(id, "target answered 410 Gone").await;
+                if deactivated.is_ok() {
+                    self.routing.apply(id, None);
+                }
+                self.logged(deactivated);
                 Verdict::Dead {
                     error: "HTTP 410 Gone".into(),
                 }
@@ -257,6 +268,7 @@ impl Delivery {
             .await;
         if let Ok(true) = disabled {
             tracing::warn!(subscription = %id, "disabled: failing without success for disable_after");
+            self.routing.apply(id, None);
         }
         self.logged(disabled.map(|_| ()));
     }

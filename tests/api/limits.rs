@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::api::{Api, ApiFixture, error};
+use crate::support::api::{ApiFixture, error};
 use crate::support::receiver::Receiver;
 
 #[tokio::test]
@@ -334,23 +334,11 @@ async fn changing_target_url_verifies_the_new_target() {
     f.daemon.stop().await;
 }
 
-/// `walhook_routing_reloads_total` from `/metrics`.
-async fn reloads(api: &Api) -> u64 {
-    let metrics = api.raw("GET", "/metrics", None, None).await;
-    metrics
-        .text
-        .lines()
-        .find_map(|l| l.strip_prefix("walhook_routing_reloads_total "))
-        .unwrap_or_else(|| panic!("no reload counter in\n{}", metrics.text))
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn notifications_and_api_writes_are_coalesced_into_few_reloads() {
     let f = ApiFixture::start("api_coalesce", |_| {}).await;
     let receiver = Receiver::start().await;
-    let before = reloads(&f.api).await;
+    let before = f.api.reloads().await;
     let start = Instant::now();
     let notifier = crate::support::connect(&f.db.url).await;
     for i in 0..1000 {
@@ -371,7 +359,7 @@ async fn notifications_and_api_writes_are_coalesced_into_few_reloads() {
     f.db.exec("INSERT INTO orders VALUES (1, 'new', 1)").await;
     receiver.wait_delivered(1, Duration::from_secs(5)).await;
     let elapsed = start.elapsed();
-    let made = reloads(&f.api).await - before;
+    let made = f.api.reloads().await - before;
     // At most one per 250 ms, plus the periodic refresh.
     let most = elapsed.as_millis() as u64 / 250 + 2;
     eprintln!("1000 NOTIFYs in {sent:?}: {made} reloads in {elapsed:?}");
@@ -379,7 +367,7 @@ async fn notifications_and_api_writes_are_coalesced_into_few_reloads() {
 
     // API writes put their subscription into the index themselves: 30 writes, few reloads.
     let token = f.token("acme", &["*"]).await;
-    let before = reloads(&f.api).await;
+    let before = f.api.reloads().await;
     let start = Instant::now();
     for i in 0..30 {
         let body =
@@ -393,7 +381,7 @@ async fn notifications_and_api_writes_are_coalesced_into_few_reloads() {
         .wait_delivered(1 + 31, Duration::from_secs(5))
         .await;
     let elapsed = start.elapsed();
-    let made = reloads(&f.api).await - before;
+    let made = f.api.reloads().await - before;
     let most = elapsed.as_millis() as u64 / 250 + 2;
     assert!(made <= most, "{made} reloads for 30 writes in {elapsed:?}");
     f.daemon.stop().await;

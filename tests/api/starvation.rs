@@ -54,7 +54,9 @@ fn proc_kb(pid: u32, field: &str) -> u64 {
 #[tokio::test]
 async fn a_huge_verification_body_is_not_read() {
     let db = TestDb::new("api_verify_body").await;
-    store::migrate(&db.database(), &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     db.exec("CREATE TABLE orders (id int PRIMARY KEY); SELECT walhook.watch('orders');")
         .await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -148,11 +150,13 @@ async fn stuck_verifications_leave_metrics_and_delivery_flowing() {
     .await;
     let token = f.token("acme", &["*"]).await;
     let healthy = Receiver::start().await;
+    let reloads = f.api.reloads().await;
     f.db.exec(&format!(
         "SELECT walhook.subscribe('{}', '{{orders.created}}')",
         healthy.url
     ))
     .await;
+    f.api.wait_reload_after(reloads).await;
     let (hole, mut held) = black_hole().await;
     let stuck: Vec<_> = (0..16)
         .map(|i| {

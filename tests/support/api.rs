@@ -91,6 +91,31 @@ impl Api {
         }
     }
 
+    /// `walhook_routing_reloads_total` from `/metrics`.
+    pub async fn reloads(&self) -> u64 {
+        let metrics = self.raw("GET", "/metrics", None, None).await;
+        metrics
+            .text
+            .lines()
+            .find_map(|l| l.strip_prefix("walhook_routing_reloads_total "))
+            .unwrap_or_else(|| panic!("no reload counter in\n{}", metrics.text))
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until the routing index was reloaded after `before` reloads (a subscription
+    /// made by SQL is in effect after the next reload, at most 250 ms after its NOTIFY).
+    pub async fn wait_reload_after(&self, before: u64) {
+        let start = std::time::Instant::now();
+        while self.reloads().await <= before {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "no reload"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// An API client of its own (own connections) for `base`.
     pub fn new_base(base: &str) -> Api {
         Api {
