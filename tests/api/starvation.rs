@@ -150,12 +150,12 @@ async fn stuck_verifications_leave_metrics_and_delivery_flowing() {
     .await;
     let token = f.token("acme", &["*"]).await;
     let healthy = Receiver::start().await;
-    let reloads = f.api.reloads().await;
     f.db.exec(&format!(
         "SELECT walhook.subscribe('{}', '{{orders.created}}')",
         healthy.url
     ))
     .await;
+    let reloads = f.api.reloads().await;
     f.api.wait_reload_after(reloads).await;
     let (hole, mut held) = black_hole().await;
     let stuck: Vec<_> = (0..16)

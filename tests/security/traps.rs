@@ -232,12 +232,12 @@ async fn planted_traps_never_run_while_replication_streams() {
     let f = ApiFixture::start("traps_stream", |_| {}).await;
     let role = plant(&f.db, "orders").await;
     let receiver = Receiver::start().await;
-    let reloads = f.api.reloads().await;
     f.db.exec(&format!(
         "SELECT walhook.subscribe('{}', '{{orders.*}}')",
         receiver.url
     ))
     .await;
+    let reloads = f.api.reloads().await;
     f.api.wait_reload_after(reloads).await;
     // A new relation and new types reach the stream and the catalog session after planting.
     f.db.exec(

@@ -103,13 +103,15 @@ impl Api {
             .unwrap()
     }
 
-    /// Waits until the routing index was reloaded after `before` reloads (a subscription
-    /// made by SQL is in effect after the next reload, at most 250 ms after its NOTIFY).
+    /// Waits until a full load of the routing index that started after `before` was read
+    /// has been published: loads run one after another and are counted when they start, so
+    /// that is when a second one has started (a NOTIFY's, then at the latest the periodic
+    /// refresh). Read `before` after the change committed.
     pub async fn wait_reload_after(&self, before: u64) {
         let start = std::time::Instant::now();
-        while self.reloads().await <= before {
+        while self.reloads().await < before + 2 {
             assert!(
-                start.elapsed() < std::time::Duration::from_secs(10),
+                start.elapsed() < std::time::Duration::from_secs(15),
                 "no reload"
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
