@@ -13,7 +13,7 @@ pub mod slot;
 mod stream;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::CaptureError;
 
-use crate::change::CaptureMessage;
+use crate::change::{CaptureMessage, CommitTime};
 use crate::database::Database;
 use crate::lsn::Lsn;
 
@@ -92,11 +92,48 @@ impl CaptureConfig {
     }
 }
 
-/// The consumer's side of acknowledgement: the highest LSN whose changes are durable.
+/// What this instance's capture is doing now, as `status`, `/readyz` and `/metrics` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// Connecting for the first time.
+    Starting = 0,
+    /// Streaming changes: this instance holds the capture.
+    Streaming = 1,
+    /// Waiting for another instance's capture to end, ready to take over.
+    Standby = 2,
+    /// Lost its connection and is reconnecting.
+    Reconnecting = 3,
+}
+
+impl Role {
+    /// The role's name in `status`, `/readyz` and `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Streaming => "streaming",
+            Role::Standby => "standby",
+            Role::Reconnecting => "reconnecting",
+        }
+    }
+
+    fn from_u8(v: u8) -> Role {
+        match v {
+            1 => Role::Streaming,
+            2 => Role::Standby,
+            3 => Role::Reconnecting,
+            _ => Role::Starting,
+        }
+    }
+}
+
+/// The consumer's side of acknowledgement: the highest LSN whose changes are durable, the
+/// commit time of the transaction it ends, and the capture's current [`Role`].
 #[derive(Debug, Clone, Default)]
 pub struct Acknowledger {
     acked: Arc<AtomicU64>,
-    streaming: Arc<AtomicBool>,
+    acked_commit_time: Arc<AtomicI64>,
+    role: Arc<AtomicU8>,
 }
 
 impl Acknowledger {
@@ -105,18 +142,39 @@ impl Acknowledger {
         self.acked.fetch_max(lsn.0, Ordering::AcqRel);
     }
 
+    /// [`Self::acknowledge`], remembering the transaction's commit time for lag reports.
+    pub fn acknowledge_commit(&self, lsn: Lsn, commit_time: CommitTime) {
+        self.acknowledge(lsn);
+        self.acked_commit_time
+            .fetch_max(commit_time.0, Ordering::AcqRel);
+    }
+
     /// The highest acknowledged LSN.
     pub fn acknowledged(&self) -> Lsn {
         Lsn(self.acked.load(Ordering::Acquire))
     }
 
-    /// Whether the replication stream is connected and streaming now.
-    pub fn is_streaming(&self) -> bool {
-        self.streaming.load(Ordering::Acquire)
+    /// Commit time of the last acknowledged transaction, if one was acknowledged.
+    pub fn acknowledged_commit_time(&self) -> Option<CommitTime> {
+        match self.acked_commit_time.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(CommitTime(t)),
+        }
     }
 
-    fn set_streaming(&self, on: bool) {
-        self.streaming.store(on, Ordering::Release);
+    /// Whether the capture is connected and streaming now.
+    pub fn is_streaming(&self) -> bool {
+        self.role() == Role::Streaming
+    }
+
+    /// What the capture is doing now.
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::Acquire))
+    }
+
+    /// Records what the capture is doing now.
+    pub fn set_role(&self, role: Role) {
+        self.role.store(role as u8, Ordering::Release);
     }
 }
 

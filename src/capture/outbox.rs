@@ -30,7 +30,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
-use super::{Acknowledger, Capture, CaptureError};
+use super::{Acknowledger, Capture, CaptureError, Role};
 use crate::change::{
     Begin, CaptureMessage, Commit, CommitTime, Op, Origin, Position, Row, RowChange, Table,
 };
@@ -90,7 +90,7 @@ async fn run(
     let mut delay = config.reconnect_min;
     loop {
         let result = session(&config, &mut reader, &tx, &ack, &cancel).await;
-        ack.set_streaming(false);
+        ack.set_role(Role::Reconnecting);
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && !cancel.is_cancelled() => {
@@ -137,14 +137,17 @@ async fn session(
             if locked {
                 break;
             }
-            tracing::info!("another walhook reads the outbox; standing by");
+            if ack.role() != Role::Standby {
+                tracing::info!("another walhook reads the outbox; standing by");
+                ack.set_role(Role::Standby);
+            }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = cancel.cancelled() => return Ok(()),
             }
         }
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-        ack.set_streaming(true);
+        ack.set_role(Role::Streaming);
         loop {
             delete_acknowledged(&client, reader, ack).await?;
             let read = if reader.in_flight.len() < config.max_in_flight {

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::Catalog;
 use super::connection::{Connection, quote_command_literal, quote_ident};
 use super::error::CaptureError;
-use super::{Acknowledger, CaptureConfig, slot};
+use super::{Acknowledger, CaptureConfig, Role, slot};
 use crate::change::CaptureMessage;
 use crate::lsn::Lsn;
 use crate::pgoutput::{Decoder, PgOutput};
@@ -52,7 +52,7 @@ pub(super) async fn run(
     loop {
         let mut session = Session::new(&config, &tx, &ack, &cancel);
         let result = session.run(&mut decoder, &mut catalog).await;
-        ack.set_streaming(false);
+        ack.set_role(Role::Reconnecting);
         decoder.reset_transaction();
         match result {
             Ok(()) => return Ok(()),
@@ -140,7 +140,7 @@ impl<'a> Session<'a> {
         ))
         .await?;
         self.streamed = true;
-        self.ack.set_streaming(true);
+        self.ack.set_role(Role::Streaming);
         tracing::info!(
             slot = %self.config.slot,
             %start,

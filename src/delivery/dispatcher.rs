@@ -95,7 +95,7 @@ impl Delivery {
                             tokio::spawn(self.clone().run_job(job, routing.clone(), done));
                         }
                     }
-                    Some(CaptureMessage::Commit(commit)) => watermark.commit(commit.end_lsn),
+                    Some(CaptureMessage::Commit(commit)) => watermark.commit(commit.end_lsn, commit.commit_time),
                 },
                 _ = stop.cancelled(), if !stopping => {}
                 _ = finish_timer => {

@@ -8,12 +8,13 @@
 use std::collections::VecDeque;
 
 use crate::capture::Acknowledger;
+use crate::change::CommitTime;
 use crate::lsn::Lsn;
 
 /// Where a transaction stands.
 enum TxEnd {
     Open,
-    Committed(Lsn),
+    Committed(Lsn, CommitTime),
     /// Cut off by a reconnect; the server sends it again.
     Abandoned,
 }
@@ -71,9 +72,9 @@ impl Watermark {
     }
 
     /// The newest transaction committed at `end_lsn`.
-    pub(super) fn commit(&mut self, end_lsn: Lsn) {
+    pub(super) fn commit(&mut self, end_lsn: Lsn, commit_time: CommitTime) {
         if let Some(entry) = self.txs.back_mut() {
-            entry.end = TxEnd::Committed(end_lsn);
+            entry.end = TxEnd::Committed(end_lsn, commit_time);
         }
         self.advance();
     }
@@ -89,7 +90,9 @@ impl Watermark {
     pub(super) fn advance(&mut self) {
         while let Some(front) = self.txs.front() {
             match front.end {
-                TxEnd::Committed(lsn) if front.outstanding == 0 => self.ack.acknowledge(lsn),
+                TxEnd::Committed(lsn, time) if front.outstanding == 0 => {
+                    self.ack.acknowledge_commit(lsn, time)
+                }
                 TxEnd::Abandoned if front.outstanding == 0 => {}
                 _ => return,
             }
@@ -108,9 +111,9 @@ mod tests {
         let mut w = Watermark::new(ack.clone());
         w.begin();
         let a = w.add_job().expect("open transaction");
-        w.commit(Lsn(10));
+        w.commit(Lsn(10), CommitTime(10));
         w.begin();
-        w.commit(Lsn(20));
+        w.commit(Lsn(20), CommitTime(20));
         assert_eq!(
             ack.acknowledged(),
             Lsn(0),
@@ -121,7 +124,7 @@ mod tests {
         w.begin();
         assert!(w.in_transaction());
         w.begin(); // reconnect: the open one is abandoned and sent again
-        w.commit(Lsn(30));
+        w.commit(Lsn(30), CommitTime(30));
         assert_eq!(ack.acknowledged(), Lsn(30));
         assert!(!w.in_transaction());
     }
