@@ -43,6 +43,7 @@ BEGIN
         GRANT SELECT, INSERT, UPDATE, DELETE ON walhook.subscriptions TO walhook_admin;
         GRANT SELECT ON walhook.watched_tables, walhook.settings, walhook.subscription_stats,
             walhook.subscription_health, walhook.dead_letters TO walhook_admin;
+        GRANT SELECT ON walhook.capture_progress, walhook.gaps TO walhook_admin;
         -- By name, whatever their signatures: the admin functions and the validators the
         -- check_subscription trigger calls with the writer's rights.
         FOR f IN SELECT p.oid::regprocedure AS sig FROM pg_proc p
@@ -63,6 +64,7 @@ BEGIN
         GRANT SELECT (id, subscription_id, event_id, event_type, status, attempts, next_attempt_at,
                       last_error, created_at) ON walhook.delivery_queue TO walhook_monitor;
         GRANT SELECT (id, txid, schema_name, table_name, op, committed_at) ON walhook.outbox TO walhook_monitor;
+        GRANT SELECT ON walhook.capture_progress, walhook.gaps TO walhook_monitor;
     END IF;
 END
 $roles$;

@@ -41,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         action: TokenCommand,
     },
+    /// Replication slot maintenance.
+    Slot {
+        #[command(subcommand)]
+        action: SlotCommand,
+    },
     /// Stream captured row changes to stdout as JSON lines, acknowledging each commit once
     /// printed (a debugging and inspection tool).
     Tail {
@@ -48,6 +53,13 @@ enum Command {
         #[arg(long = "table")]
         tables: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum SlotCommand {
+    /// Accept the gap of a lost (invalidated) or missing slot: drop it if present, create a
+    /// fresh one and record the gap in walhook.gaps. Run with every `walhook run` stopped.
+    Reset,
 }
 
 #[derive(Subcommand)]
@@ -114,6 +126,38 @@ async fn main() -> anyhow::Result<()> {
         Command::Token { action } => {
             let config = load(cli.config.as_deref())?;
             token(&config, action).await
+        }
+        Command::Slot {
+            action: SlotCommand::Reset,
+        } => {
+            let config = load(cli.config.as_deref())?;
+            let database = config.database()?;
+            walhook::subscriptions::store::migrate(
+                &database,
+                &config.capture.publication,
+                config.delivery.allow_private_targets,
+            )
+            .await?;
+            let gap = walhook::capture::progress::reset(
+                &database,
+                &config.capture.slot,
+                &config.capture.publication,
+            )
+            .await?;
+            let from_time = gap
+                .from_time
+                .map_or("unknown".to_owned(), |t| t.to_rfc3339());
+            println!(
+                "slot {:?} ({}) reset: gap {} recorded from {} ({from_time}) to {} ({}); tables: {}",
+                gap.slot,
+                gap.reason,
+                gap.id,
+                gap.from_lsn,
+                gap.to_lsn,
+                gap.to_time.to_rfc3339(),
+                gap.tables.join(", ")
+            );
+            Ok(())
         }
         Command::Tail { tables } => {
             let mut config = load(cli.config.as_deref())?;

@@ -171,6 +171,7 @@ pub async fn to_trigger(
             .await
         {
             Ok(_) => {
+                capture::progress::forget(client, &slot).await?;
                 tracing::info!(slot, "replication slot dropped; trigger capture takes over");
                 return Ok(());
             }

@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers), `/readyz` (capture is streaming) and `/metrics`
+//! `/healthz` (the process answers), `/readyz` (capture is streaming; the body names this
+//! instance's role, e.g. `standby`) and `/metrics`
 //! (Prometheus text format). None needs a token.
 
 use std::fmt::Write;
@@ -13,21 +14,37 @@ use serde_json::{Value, json};
 use super::ApiState;
 use super::error::ApiError;
 use super::store;
+use crate::capture::Role;
 
 /// Liveness: 200 while the process serves requests.
 pub async fn live() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: 200 while capture streams, else 503.
+/// Readiness: 200 while capture streams, else 503; `role` names what this instance's capture
+/// does (`starting`, `streaming`, `standby`, `reconnecting`). A standby serves the API and
+/// retries but is not ready: readiness means "this instance streams".
 pub async fn ready(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Value>) {
-    if state.capture.is_streaming() {
-        (StatusCode::OK, Json(json!({"status": "ready"})))
-    } else {
-        (
+    let role = state.capture.role();
+    match role {
+        Role::Streaming => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "role": role.as_str()})),
+        ),
+        Role::Standby => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "reason": "capture is not streaming"})),
-        )
+            Json(json!({
+                "status": "not ready",
+                "role": role.as_str(),
+                "reason": "another instance streams; this one serves the API and retries, and takes over when it stops"
+            })),
+        ),
+        Role::Starting | Role::Reconnecting => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"status": "not ready", "role": role.as_str(), "reason": "capture is not streaming"}),
+            ),
+        ),
     }
 }
 
@@ -46,6 +63,20 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<impl IntoResp
         "walhook_capture_streaming",
         "1 while the replication stream is connected.",
         &[("", i64::from(state.capture.is_streaming()))],
+    );
+    let role = state.capture.role();
+    let roles = [
+        Role::Starting,
+        Role::Streaming,
+        Role::Standby,
+        Role::Reconnecting,
+    ]
+    .map(|r| (format!("{{role=\"{}\"}}", r.as_str()), i64::from(r == role)));
+    let roles: Vec<(&str, i64)> = roles.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    gauge(
+        "walhook_capture_role",
+        "1 for this instance's capture role (streaming, standby, starting, reconnecting).",
+        &roles,
     );
     gauge(
         "walhook_acknowledged_lsn",

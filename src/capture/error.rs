@@ -78,6 +78,42 @@ pub enum CaptureError {
     /// The consumer of the change stream went away.
     #[error("the change stream's consumer stopped")]
     ConsumerGone,
+    /// An ordinary session of the replication capture failed: the lease session, or a
+    /// query on the slot's record.
+    #[error("capture session: {message}")]
+    Session {
+        /// SQLSTATE when the server answered with an error.
+        code: Option<String>,
+        /// What failed.
+        message: String,
+    },
+    /// The lease session died or stopped answering: another instance may take over, so
+    /// this one stops streaming at once (and stands by or takes the lease again).
+    #[error("the capture lease was lost: {0}")]
+    LeaseLost(String),
+    /// The slot walhook streamed from was invalidated or has disappeared: the changes
+    /// between the last delivered position and now are gone, and walhook will not skip
+    /// them silently. `walhook slot reset` accepts the gap.
+    #[error(
+        "replication slot {slot:?} {state}; walhook last delivered up to {last_lsn} \
+         (commit time {}). The changes after that position can no longer be streamed. \
+         Nothing is skipped silently: to accept the gap and capture from now on, run \
+         `walhook slot reset` (it creates a fresh slot and records the gap in walhook.gaps)",
+        last_commit_time.as_deref().unwrap_or("unknown")
+    )]
+    SlotGap {
+        /// The slot's name.
+        slot: String,
+        /// What happened to it: `was invalidated (wal_status = lost)` or `has disappeared`.
+        state: &'static str,
+        /// The last acknowledged (delivered or durably queued) position.
+        last_lsn: crate::lsn::Lsn,
+        /// Commit time of the transaction ending there (RFC 3339), when known.
+        last_commit_time: Option<String>,
+    },
+    /// `walhook slot reset` cannot run now (nothing to reset, or an instance streams).
+    #[error("walhook slot reset: {0}")]
+    Reset(String),
     /// Trigger capture's session failed (connect, LISTEN, outbox query).
     #[error("trigger capture: {message}")]
     Outbox {
@@ -100,19 +136,34 @@ impl From<tokio_postgres::Error> for CaptureError {
 }
 
 impl CaptureError {
+    /// A tokio-postgres error of the replication capture's ordinary sessions.
+    pub fn session(e: tokio_postgres::Error) -> CaptureError {
+        let code = e.code().map(|c| c.code().to_owned());
+        let message = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        };
+        CaptureError::Session { code, message }
+    }
+
     /// Whether reconnecting may succeed. Classified by SQLSTATE class for server errors.
     pub fn is_transient(&self) -> bool {
         match self {
             CaptureError::Connect { .. } | CaptureError::Io(_) => true,
             CaptureError::Server(e) => is_transient_sqlstate(&e.code),
             // No SQLSTATE: the connection itself failed or closed.
-            CaptureError::Outbox { code, .. } => code.as_deref().is_none_or(is_transient_sqlstate),
+            CaptureError::Outbox { code, .. } | CaptureError::Session { code, .. } => {
+                code.as_deref().is_none_or(is_transient_sqlstate)
+            }
+            CaptureError::LeaseLost(_) => true,
             CaptureError::Tls(_)
             | CaptureError::Auth { .. }
             | CaptureError::Protocol(_)
             | CaptureError::Config(_)
             | CaptureError::Decode(_)
-            | CaptureError::ConsumerGone => false,
+            | CaptureError::ConsumerGone
+            | CaptureError::SlotGap { .. }
+            | CaptureError::Reset(_) => false,
         }
     }
 }

@@ -4,11 +4,18 @@
 //! [`CaptureMessage`]s (backpressure reaches the socket, not RAM) and an [`Acknowledger`]
 //! the consumer advances with each [`Commit::end_lsn`](crate::change::Commit) it has made
 //! durable. The slot's `confirmed_flush_lsn` never passes what was acknowledged.
+//!
+//! Any number of instances may capture one slot: the one holding the [`lease`] streams, the
+//! others stand by ([`Role::Standby`]). Before every replication session, [`progress`]
+//! checks walhook's record of the slot and refuses to stream over a gap (a lost or missing
+//! slot) until `walhook slot reset` accepts it.
 
 mod catalog;
 pub mod connection;
 pub mod error;
+pub mod lease;
 pub mod outbox;
+pub mod progress;
 pub mod slot;
 mod stream;
 

@@ -19,6 +19,12 @@
 //!   stopped first.
 //! - After any connection loss the session restarts from the acknowledged LSN; a transaction
 //!   cut in half is sent again from its Begin with the same positions.
+//!
+//! Every session runs under the capture [`Lease`]: taken first (standing by while another
+//! instance holds it), kept across reconnects while its session lives, and the stream stops
+//! the moment it is lost. Before `START_REPLICATION`, the slot's record is checked
+//! ([`progress::check`]: a lost or missing slot is a definite error) and the slot must be
+//! free of any previous walsender ([`Lease::free_slot`]).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::Catalog;
 use super::connection::{Connection, quote_command_literal, quote_ident};
 use super::error::CaptureError;
-use super::{Acknowledger, CaptureConfig, Role, slot};
+use super::lease::Lease;
+use super::{Acknowledger, CaptureConfig, Role, progress, slot};
 use crate::change::CaptureMessage;
 use crate::lsn::Lsn;
 use crate::pgoutput::{Decoder, PgOutput};
@@ -49,11 +56,27 @@ pub(super) async fn run(
     let mut decoder = Decoder::default();
     let mut catalog = Catalog::new(config.database.clone());
     let mut delay = config.reconnect_min;
+    let mut lease: Option<Lease> = None;
     loop {
         let mut session = Session::new(&config, &tx, &ack, &cancel);
-        let result = session.run(&mut decoder, &mut catalog).await;
+        let result = match lease.take().filter(|l| !l.lost().is_cancelled()) {
+            Some(held) => Ok(Some(held)),
+            None => Lease::acquire(&config, &ack, &cancel).await,
+        };
+        let result = match result {
+            Ok(Some(held)) => {
+                let result = session.run(&mut decoder, &mut catalog, &held).await;
+                lease = Some(held);
+                result
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => Err(e),
+        };
         ack.set_role(Role::Reconnecting);
         decoder.reset_transaction();
+        if result.is_err() && lease.as_ref().is_some_and(|l| l.lost().is_cancelled()) {
+            lease = None;
+        }
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && !cancel.is_cancelled() => {
@@ -76,6 +99,7 @@ pub(super) async fn run(
 /// What the select loop woke up for.
 enum Wake {
     Cancelled,
+    LeaseLost,
     Tick,
     Data(Result<Option<Bytes>, CaptureError>),
 }
@@ -96,6 +120,8 @@ struct Session<'a> {
     /// Whether this session reached the streaming state (resets the backoff).
     streamed: bool,
     out: Vec<CaptureMessage>,
+    /// Cancelled when the lease is lost (set once streaming starts).
+    lost: Option<CancellationToken>,
 }
 
 impl<'a> Session<'a> {
@@ -116,6 +142,7 @@ impl<'a> Session<'a> {
             reported_at: Instant::now(),
             streamed: false,
             out: Vec::new(),
+            lost: None,
         }
     }
 
@@ -123,11 +150,20 @@ impl<'a> Session<'a> {
         &mut self,
         decoder: &mut Decoder,
         catalog: &mut Catalog,
+        lease: &Lease,
     ) -> Result<(), CaptureError> {
+        let slot_name = &self.config.slot;
+        if lease.recorded {
+            progress::check(&lease.client, slot_name).await?;
+        }
+        lease.free_slot(slot_name).await?;
         let mut conn = Connection::connect(&self.config.database, true).await?;
         let system = slot::identify_system(&mut conn).await?;
         slot::ensure_publication(&mut conn, &self.config.publication, &self.config.tables).await?;
-        let confirmed = slot::ensure_slot(&mut conn, &self.config.slot).await?;
+        let confirmed = slot::ensure_slot(&mut conn, slot_name).await?;
+        if lease.recorded {
+            progress::adopt(&lease.client, slot_name, confirmed).await?;
+        }
         // What the server already confirmed was made durable by an earlier run.
         self.ack.acknowledge(confirmed);
         let start = self.ack.acknowledged();
@@ -150,10 +186,13 @@ impl<'a> Session<'a> {
         );
         let mut timer = interval(self.config.status_interval);
         timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let lost = lease.lost().clone();
+        self.lost = Some(lost.clone());
         loop {
             let wake = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => Wake::Cancelled,
+                _ = lost.cancelled() => Wake::LeaseLost,
                 _ = timer.tick() => Wake::Tick,
                 data = conn.read_copy_data() => Wake::Data(data),
             };
@@ -162,6 +201,14 @@ impl<'a> Session<'a> {
                     self.report(&mut conn, decoder, true).await?;
                     conn.terminate().await;
                     return Ok(());
+                }
+                Wake::LeaseLost => {
+                    // Another instance may take over: stop streaming now, without a last
+                    // status update (what the server confirmed stays the restart point).
+                    drop(conn);
+                    return Err(CaptureError::LeaseLost(
+                        "the lease session closed or stopped answering; stopped streaming".into(),
+                    ));
                 }
                 Wake::Tick => self.report(&mut conn, decoder, false).await?,
                 Wake::Data(Ok(Some(data))) => {
@@ -246,10 +293,14 @@ impl<'a> Session<'a> {
                 CaptureMessage::Commit(c) => Some(c.end_lsn),
                 _ => None,
             };
+            let lost = self.lost.clone().unwrap_or_default();
             let permit = loop {
                 tokio::select! {
                     permit = self.tx.reserve() => break permit.map_err(|_| CaptureError::ConsumerGone)?,
                     _ = timer.tick() => self.report(conn, decoder, false).await?,
+                    _ = lost.cancelled() => return Err(CaptureError::LeaseLost(
+                        "the lease session closed or stopped answering; stopped streaming".into(),
+                    )),
                 }
             };
             permit.send(message);

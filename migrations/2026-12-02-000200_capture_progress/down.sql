@@ -1,0 +1,2 @@
+DROP TABLE walhook.gaps;
+DROP TABLE walhook.capture_progress;
