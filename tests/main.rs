@@ -6,6 +6,7 @@ mod api;
 mod capture;
 mod delivery;
 mod security;
+mod standby;
 mod subscriptions;
 mod support;
 mod trigger;

@@ -204,15 +204,16 @@ pub async fn forget(client: &Client, slot: &str) -> Result<(), CaptureError> {
     Ok(())
 }
 
-/// Every recorded gap, oldest first (for `walhook status`).
+/// Every recorded gap, oldest first (for `walhook status`). (`EXTRACT` is grammar, always
+/// `pg_catalog.extract`.)
 pub async fn gaps(client: &Client) -> Result<Vec<Gap>, CaptureError> {
     let rows = client
         .query(
             "SELECT id, slot_name, reason, from_lsn::pg_catalog.text, \
-               (pg_catalog.extract(epoch FROM from_time) * 1e6)::pg_catalog.int8, \
+               (extract(epoch FROM from_time) * 1e6)::pg_catalog.int8, \
                to_lsn::pg_catalog.text, \
-               (pg_catalog.extract(epoch FROM to_time) * 1e6)::pg_catalog.int8, tables, \
-               (pg_catalog.extract(epoch FROM created_at) * 1e6)::pg_catalog.int8 \
+               (extract(epoch FROM to_time) * 1e6)::pg_catalog.int8, tables, \
+               (extract(epoch FROM created_at) * 1e6)::pg_catalog.int8 \
              FROM walhook.gaps ORDER BY id",
             &[],
         )
@@ -294,8 +295,8 @@ pub async fn reset(
                  $5::pg_catalog.text::pg_catalog.pg_lsn, pg_catalog.now(), \
                  coalesce((SELECT pg_catalog.array_agg(pg_catalog.format('%s.%s', schema_name, table_name) \
                    ORDER BY schema_name, table_name) FROM walhook.watched_tables), '{}') \
-               RETURNING id, (pg_catalog.extract(epoch FROM to_time) * 1e6)::pg_catalog.int8, tables, \
-                 (pg_catalog.extract(epoch FROM created_at) * 1e6)::pg_catalog.int8), \
+               RETURNING id, (extract(epoch FROM to_time) * 1e6)::pg_catalog.int8, tables, \
+                 (extract(epoch FROM created_at) * 1e6)::pg_catalog.int8), \
              progress AS (INSERT INTO walhook.capture_progress AS p \
                (slot_name, created_lsn, acknowledged_lsn) \
                VALUES ($1, $5::pg_catalog.text::pg_catalog.pg_lsn, $5::pg_catalog.text::pg_catalog.pg_lsn) \

@@ -27,7 +27,10 @@ async fn health_readiness_and_metrics() {
     let f = ApiFixture::start("api_health", |c| c.capture.reconnect_min_ms = 3000).await;
     let live = f.api.raw("GET", "/healthz", None, None).await;
     assert_eq!((live.status, live.json), (200, json!({"status": "ok"})));
-    assert_eq!(wait_ready(&f.api, 200).await, json!({"status": "ready"}));
+    assert_eq!(
+        wait_ready(&f.api, 200).await,
+        json!({"status": "ready", "role": "streaming"})
+    );
 
     f.db.exec(
         "SELECT walhook.subscribe('http://127.0.0.1:9/a', '{orders.*}');
@@ -64,8 +67,11 @@ async fn health_readiness_and_metrics() {
     .await;
     assert_eq!(
         wait_ready(&f.api, 503).await,
-        json!({"status": "not ready", "reason": "capture is not streaming"})
+        json!({"status": "not ready", "role": "reconnecting", "reason": "capture is not streaming"})
     );
-    assert_eq!(wait_ready(&f.api, 200).await, json!({"status": "ready"}));
+    assert_eq!(
+        wait_ready(&f.api, 200).await,
+        json!({"status": "ready", "role": "streaming"})
+    );
     f.daemon.stop().await;
 }
