@@ -9,7 +9,9 @@
 //! src/config.rs      figment chain: defaults < walhook.toml < WALHOOK_* env
 //! src/database/      the one place that connects: Database handle, sslmode/TLS, pinned search_path
 //! src/capture/       replication client (startup, TLS, auth, stream, status updates),
-//!                    slot/publication, catalog lookups; outbox.rs: trigger capture
+//!                    slot/publication, catalog lookups; lease.rs: one instance streams, the
+//!                    rest stand by; progress.rs: the slot's record, gaps, `slot reset`;
+//!                    outbox.rs: trigger capture
 //! src/pgoutput/      protocol bytes → typed messages; relation cache; values → JSON
 //! src/change.rs      the change model: Begin, RowChange{position, op, new, old}, Commit
 //! src/events.rs      row change → event envelope (type, stable id, data, previous, changed)

@@ -159,6 +159,25 @@ impl Lease {
         }))
     }
 
+    /// Writes the slot's record now (on a clean stop, so the next start and `walhook status`
+    /// see the final position); a failure is only logged.
+    pub async fn record(&self, slot: &str, ack: &Acknowledger) {
+        if !self.recorded || self.lost.is_cancelled() {
+            return;
+        }
+        let write = progress::write(
+            &self.client,
+            slot,
+            ack.acknowledged(),
+            ack.acknowledged_commit_time(),
+        );
+        match tokio::time::timeout(LEASE_TIMEOUT / 2, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not record the final position"),
+            Err(_) => tracing::warn!("could not record the final position: no answer"),
+        }
+    }
+
     /// Cancelled when the lease is lost: the session closed or stopped answering.
     pub fn lost(&self) -> &CancellationToken {
         &self.lost

@@ -77,6 +77,11 @@ pub(super) async fn run(
         if result.is_err() && lease.as_ref().is_some_and(|l| l.lost().is_cancelled()) {
             lease = None;
         }
+        if matches!(result, Ok(()) | Err(CaptureError::ConsumerGone))
+            && let Some(held) = &lease
+        {
+            held.record(&config.slot, &ack).await;
+        }
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && !cancel.is_cancelled() => {
