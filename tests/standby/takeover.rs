@@ -1,6 +1,6 @@
 //! Hot standby: the streamer `kill -9`'d mid-burst, the standby streams within 10 s and
 //! delivers every row, and no watcher ever sees two walhook walsenders; the role in
-//! `/readyz` and `/metrics`.
+//! `/readyz` and `/metrics`; a lost lease session stops the stream at once.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -233,4 +233,74 @@ async fn the_standby_role_shows_in_readyz_and_metrics_and_is_logged_once() {
     let got = receiver.wait_delivered(1, Duration::from_secs(20)).await;
     assert_eq!(got[0].json["data"], json!({"id": 1}));
     second.stop().await;
+}
+
+/// The walsender pid holding this test's slot, if any.
+async fn slot_pid(db: &TestDb) -> Option<i32> {
+    db.client
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .and_then(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn losing_the_lease_session_stops_the_stream_at_once() {
+    let db = TestDb::new("standby_lease_lost").await;
+    let receiver = db
+        .watched_with_receiver(
+            "CREATE TABLE orders (id int PRIMARY KEY); SELECT walhook.watch('orders');",
+            "{orders.created}",
+        )
+        .await;
+    let mut daemon = Instance::spawn(&db);
+    daemon.wait_role("streaming", Duration::from_secs(30)).await;
+    let walsender = slot_pid(&db).await.unwrap();
+    let ended: i64 = db
+        .client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name = 'walhook lease'",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 1);
+    // The stream stops at once: its walsender goes without anyone terminating it.
+    let start = Instant::now();
+    loop {
+        let alive: bool = db
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_replication WHERE pid = $1)",
+                &[&walsender],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !alive {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "still streaming without its lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Then it takes the lease again and streams on a new walsender; nothing is lost.
+    daemon.wait_role("streaming", Duration::from_secs(10)).await;
+    db.exec("INSERT INTO orders VALUES (1)").await;
+    let got = receiver.wait_delivered(1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].json["data"], json!({"id": 1}));
+    assert_ne!(slot_pid(&db).await, Some(walsender));
+    assert!(
+        daemon.log_text().contains("the capture lease was lost"),
+        "{}",
+        daemon.log_text()
+    );
+    daemon.stop().await;
 }
