@@ -18,7 +18,8 @@
 //!    while 1,000,000 events queue in the table;
 //! 5. fan-out: throughput with 1 vs 10,000 non-matching subscriptions.
 //!
-//! `BENCH_QUICK=1` shrinks every phase (a smoke run).
+//! `BENCH_QUICK=1` shrinks every phase (a smoke run); `BENCH_DRAIN_ONLY=1` stops after
+//! phase 1 (the drain rows).
 
 #![allow(clippy::unwrap_used)] // a measuring tool: fail loudly
 
@@ -361,6 +362,17 @@ impl Bench {
         let walhook_cpu = cpu_secs(walhook.id());
         let receiver_cpu = cpu_secs(std::process::id()) - receiver_before;
         stop(&mut walhook);
+        // A drain is only comparable when nothing failed on the way: say so when something did.
+        if let Ok(Some(row)) = self
+            .client
+            .query_opt(
+                "SELECT last_error FROM walhook.subscription_health WHERE last_error_at > now() - interval '10 minutes' LIMIT 1",
+                &[],
+            )
+            .await
+        {
+            eprintln!("note: deliveries failed during this drain: {:?}", row.get::<_, Option<String>>(0));
+        }
         (took.as_secs_f64(), walhook_cpu, receiver_cpu)
     }
 
@@ -711,6 +723,9 @@ async fn main() -> Result<()> {
         limit_h1 / drain_time.as_secs_f64()
     );
     let _ = std::fs::remove_file(&bodies_file);
+    if std::env::var("BENCH_DRAIN_ONLY").is_ok() {
+        return Ok(());
+    }
     let mut walhook = b.walhook();
     let pid = walhook.id();
     b.wait_streaming().await?;
