@@ -102,3 +102,61 @@ async fn a_queued_batch_keeps_its_members_across_a_restart() {
     assert_eq!(got[0].body, first[0].body);
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_in_flight_past_max_hold_is_queued_then_settled_by_its_answer() {
+    let db = setup("batch_held").await;
+    let receiver = Receiver::start().await;
+    receiver.set_delay(Duration::from_secs(2));
+    subscribe(&db, &receiver.url, "batch_max = 10, batch_window_ms = 100").await;
+    let delivery = "allow_private_targets = true\nretry_schedule_ms = [200]\ntimeout_ms = 5000\nmax_hold_ms = 300";
+    let daemon = Daemon::start(&db, config(&db, delivery, &[])).await;
+    db.exec("INSERT INTO orders (id) SELECT g FROM generate_series(1, 3) g")
+        .await;
+    // Held past 300 ms: the members are queued with the batch's id while it is in flight.
+    let start = Instant::now();
+    let queued: Vec<(String, Option<String>)> = loop {
+        let rows = db
+            .client
+            .query(
+                "SELECT event_id, batch_id FROM walhook.delivery_queue ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap();
+        if rows.len() == 3 {
+            break rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "not queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let sent = receiver.requests();
+    assert_eq!(sent.len(), 1);
+    let ids = member_ids(&sent[0].json);
+    let batch = sent[0].headers["webhook-id"].clone();
+    assert_eq!(
+        queued,
+        ids.iter()
+            .map(|id| (id.clone(), Some(batch.clone())))
+            .collect::<Vec<_>>()
+    );
+    // The 2xx, when it comes, deletes them: nothing is sent again.
+    loop {
+        let left: i64 = db
+            .client
+            .query_one("SELECT count(*) FROM walhook.delivery_queue", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{left} rows left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(receiver.requests().len(), 1);
+    daemon.stop().await;
+}
