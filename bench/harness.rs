@@ -11,8 +11,9 @@
 //!    walhook again on the same backlog with `batch_max = 100`, and over cleartext HTTP/2
 //!    (walhook and the generator), each with CPU µs per event of walhook, the receiver and
 //!    the generator (from `/proc`);
-//! 2. live latency: pgbench single-row INSERTs at full rate, then at 1,000 and 4,000 TPS;
-//!    commit → 2xx p50/p95/p99/max and the final lag;
+//! 2. live latency: pgbench single-row INSERTs at full rate, then at 1,000 and 4,000 TPS,
+//!    then at full rate with `batch_max = 100`; commit → 2xx p50/p95/p99/max and the final
+//!    lag;
 //! 3. write-path cost: pgbench TPS with walhook stopped vs running, in both capture modes;
 //! 4. memory: walhook's peak RSS per phase, and with the endpoint down (connection refused)
 //!    while 1,000,000 events queue in the table;
@@ -318,6 +319,12 @@ impl Bench {
 
     /// One live-latency row: pgbench (full rate or `rate`), then waits for every delivery.
     async fn live(&self, seconds: u64, rate: Option<u32>) -> Result<()> {
+        let label = rate.map_or("full".to_string(), |r| r.to_string());
+        self.live_as(&label, seconds, rate).await
+    }
+
+    /// [`Self::live`] with the row labelled `label`.
+    async fn live_as(&self, label: &str, seconds: u64, rate: Option<u32>) -> Result<()> {
         self.reset();
         let (tps, done) = self.pgbench_at(seconds, 4, rate)?;
         let ended = Instant::now();
@@ -327,7 +334,7 @@ impl Bench {
         lat.sort_unstable();
         println!(
             "| {} | {tps:.0} | {}/{done} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} s |",
-            rate.map_or("full".to_string(), |r| r.to_string()),
+            label,
             self.seen.count.load(Ordering::Relaxed),
             pct(&lat, 0.5),
             pct(&lat, 0.95),
@@ -749,6 +756,24 @@ async fn main() -> Result<()> {
         b.wait_quiet().await;
         b.live(seconds / 3, Some(rate)).await?;
     }
+    // Full rate again with batch_max = 100 (a third as long): whether batching keeps up.
+    b.wait_quiet().await;
+    b.client
+        .execute(
+            "UPDATE walhook.subscriptions SET batch_max = 100 WHERE target_url = $1",
+            &[&b.hook],
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await; // routing reload
+    b.live_as("full, batch_max = 100", seconds / 3, None)
+        .await?;
+    b.client
+        .execute(
+            "UPDATE walhook.subscriptions SET batch_max = NULL WHERE target_url = $1",
+            &[&b.hook],
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await; // routing reload
     println!("\nwalhook CPU {cpu_full:.1} s over the full-rate run; peak RSS {rss_full} MB\n");
 
     // 3. Write-path cost.
