@@ -93,13 +93,18 @@ pub fn array<'a>(bodies: impl IntoIterator<Item = &'a [u8]>) -> Bytes {
     out.freeze()
 }
 
-/// One job waiting in its subscription's gatherer.
-pub(super) struct Member {
+/// What a batch needs of one job.
+struct Item {
     route: Arc<Route>,
     event: Arc<Event>,
     key: Key,
     body: Bytes,
     deadline: Instant,
+}
+
+/// One job waiting in its subscription's gatherer.
+pub(super) struct Member {
+    item: Item,
     /// `true` when delivered in memory (or dropped: no longer subscribed), `false` when
     /// durably queued.
     result: oneshot::Sender<bool>,
@@ -116,11 +121,13 @@ impl Delivery {
     ) -> bool {
         let (result, outcome) = oneshot::channel();
         let member = Member {
-            route: job.route.clone(),
-            event: job.event.clone(),
-            key: job.key.clone(),
-            body: body.clone(),
-            deadline: job.deadline,
+            item: Item {
+                route: job.route.clone(),
+                event: job.event.clone(),
+                key: job.key.clone(),
+                body: body.clone(),
+                deadline: job.deadline,
+            },
             result,
         };
         let gatherer = sub.batcher.get_or_init(|| {
@@ -150,14 +157,8 @@ impl Delivery {
         members: Vec<Member>,
         permit: Option<OwnedSemaphorePermit>,
     ) {
-        let (members, mut results): (Vec<Member>, Vec<oneshot::Sender<bool>>) = members
-            .into_iter()
-            .map(|mut m| {
-                let (placeholder, _) = oneshot::channel();
-                let result = std::mem::replace(&mut m.result, placeholder);
-                (m, result)
-            })
-            .unzip();
+        let (members, mut results): (Vec<Item>, Vec<oneshot::Sender<bool>>) =
+            members.into_iter().map(|m| (m.item, m.result)).unzip();
         let notify = |results: &mut Vec<oneshot::Sender<bool>>, delivered: bool| {
             for result in results.drain(..) {
                 let _ = result.send(delivered);
@@ -353,9 +354,10 @@ async fn gather(
             return;
         };
         let sub = delivery.sub(sub_id);
-        let max = batching(&first.route).unwrap_or(1);
-        let window = Duration::from_millis(first.route.subscription.batch_window_ms.max(0) as u64);
-        let deadline = first.deadline;
+        let max = batching(&first.item.route).unwrap_or(1);
+        let window =
+            Duration::from_millis(first.item.route.subscription.batch_window_ms.max(0) as u64);
+        let deadline = first.item.deadline;
         let permit = if deadline <= Instant::now() || delivery.draining.is_cancelled() {
             None
         } else {
