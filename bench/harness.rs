@@ -5,15 +5,22 @@
 //! as a separate process so its memory and CPU are its own), then measures:
 //! 1. backlog drain: 300,000 changes (200,000 in one transaction + 100,000 single-row
 //!    transactions), walhook (commit → 2xx) next to `pg_recvlogical` reading the same changes
-//!    from its own slot;
-//! 2. live latency: pgbench single-row INSERTs at full rate, then at 1,000 and 4,000 TPS;
-//!    commit → 2xx p50/p95/p99/max and the final lag;
+//!    from its own slot; beside it the HTTP limit of this machine — a load generator (this
+//!    binary again, as its own process: reqwest, keep-alive, walhook's per-subscription
+//!    concurrency, the same rendered and signed bodies) POSTing to the same receiver — and
+//!    walhook again on the same backlog with `batch_max = 100`, and over cleartext HTTP/2
+//!    (walhook and the generator), each with CPU µs per event of walhook, the receiver and
+//!    the generator (from `/proc`);
+//! 2. live latency: pgbench single-row INSERTs at full rate, then at 1,000 and 4,000 TPS,
+//!    then at full rate with `batch_max = 100`; commit → 2xx p50/p95/p99/max and the final
+//!    lag;
 //! 3. write-path cost: pgbench TPS with walhook stopped vs running, in both capture modes;
 //! 4. memory: walhook's peak RSS per phase, and with the endpoint down (connection refused)
 //!    while 1,000,000 events queue in the table;
 //! 5. fan-out: throughput with 1 vs 10,000 non-matching subscriptions.
 //!
-//! `BENCH_QUICK=1` shrinks every phase (a smoke run).
+//! `BENCH_QUICK=1` shrinks every phase (a smoke run); `BENCH_DRAIN_ONLY=1` stops after
+//! phase 1 (the drain rows).
 
 #![allow(clippy::unwrap_used)] // a measuring tool: fail loudly
 
@@ -36,6 +43,9 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 struct Seen {
     count: AtomicU64,
     latencies_us: Mutex<Vec<i64>>,
+    /// While set, single-event bodies are kept (newline-separated), for the generator.
+    record: std::sync::atomic::AtomicBool,
+    bodies: Mutex<Vec<u8>>,
 }
 
 /// The one envelope field the receiver reads (the rest is skipped, not built).
@@ -45,18 +55,156 @@ struct Stamp<'a> {
 }
 
 async fn receive(State(seen): State<Arc<Seen>>, body: Bytes) -> StatusCode {
+    record(&seen, &body);
+    StatusCode::OK
+}
+
+/// Counts the events of one request (a batch is an array) and their commit → 2xx latency.
+fn record(seen: &Seen, body: &[u8]) {
     let now = chrono::Utc::now().timestamp_micros();
-    let committed = serde_json::from_slice::<Stamp>(&body)
-        .ok()
-        .and_then(|e| chrono::DateTime::parse_from_rfc3339(e.timestamp).ok());
-    if let Some(ts) = committed {
+    let latency = |stamp: &Stamp| {
+        chrono::DateTime::parse_from_rfc3339(stamp.timestamp)
+            .ok()
+            .map(|ts| now - ts.timestamp_micros())
+    };
+    if body.first() == Some(&b'[') {
+        let stamps: Vec<Stamp> = serde_json::from_slice(body).unwrap_or_default();
         seen.latencies_us
             .lock()
             .unwrap()
-            .push(now - ts.timestamp_micros());
+            .extend(stamps.iter().filter_map(latency));
+        seen.count.fetch_add(stamps.len() as u64, Ordering::Relaxed);
+        return;
+    }
+    if let Some(ms) = serde_json::from_slice::<Stamp>(body)
+        .ok()
+        .and_then(|s| latency(&s))
+    {
+        seen.latencies_us.lock().unwrap().push(ms);
+    }
+    if seen.record.load(Ordering::Relaxed) {
+        let mut bodies = seen.bodies.lock().unwrap();
+        bodies.extend_from_slice(body);
+        bodies.push(b'\n');
     }
     seen.count.fetch_add(1, Ordering::Relaxed);
-    StatusCode::OK
+}
+
+/// The same receiver over hyper directly, for cleartext HTTP/2: a connection opening with
+/// the HTTP/2 preface is served in HTTP/2 (prior knowledge), any other in HTTP/1.1.
+async fn serve_both(listener: tokio::net::TcpListener, seen: Arc<Seen>) {
+    use hyper::server::conn::{http1, http2};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut start = [0u8; 4];
+            let n = stream.peek(&mut start).await.unwrap_or(0);
+            let h2 = n > 0 && b"PRI "[..n] == start[..n];
+            let service = hyper::service::service_fn(
+                move |request: hyper::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let body = axum::body::Body::new(request.into_body());
+                        let bytes = axum::body::to_bytes(body, 64 << 20)
+                            .await
+                            .unwrap_or_default();
+                        record(&seen, &bytes);
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            axum::body::Body::empty(),
+                        ))
+                    }
+                },
+            );
+            let io = TokioIo::new(stream);
+            let _ = if h2 {
+                http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await
+            } else {
+                http1::Builder::new().serve_connection(io, service).await
+            };
+        });
+    }
+}
+
+/// Walhook's default `delivery.max_in_flight_per_subscription`: the generator's concurrency.
+const CONCURRENCY: usize = 16;
+
+/// The signing secret of the benchmark's subscription (and the generator's).
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo=";
+
+/// Generator mode (`BENCH_GENERATOR=<url> <bodies file> <h1|h2c>`): POSTs every body of the
+/// file, signed as walhook signs, [`CONCURRENCY`] at a time over one keep-alive reqwest
+/// client, and prints `<seconds> <cpu seconds>` of the sending.
+async fn generate(spec: &str) -> Result<()> {
+    let mut parts = spec.split(' ');
+    let (url, file, proto) = (
+        parts.next().ok_or("url")?.to_owned(),
+        parts.next().ok_or("file")?,
+        parts.next().ok_or("protocol")?,
+    );
+    let text = std::fs::read(file)?;
+    let bodies: Arc<Vec<Bytes>> = Arc::new(
+        text.split(|b| *b == b'\n')
+            .filter(|b| !b.is_empty())
+            .map(Bytes::copy_from_slice)
+            .collect(),
+    );
+    let mut builder = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .no_proxy()
+        .user_agent(concat!("walhook/", env!("CARGO_PKG_VERSION")));
+    if proto == "h2c" {
+        builder = builder.http2_prior_knowledge();
+    }
+    let client = builder.build()?;
+    let key = walhook::delivery::signing::Key::parse(SECRET).map_err(|e| e.to_string())?;
+    let next = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_secs(std::process::id());
+    let start = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let (client, bodies, next, key, url) = (
+            client.clone(),
+            bodies.clone(),
+            next.clone(),
+            key.clone(),
+            url.clone(),
+        );
+        workers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(body) = bodies.get(i) else { return };
+                let id = format!("evt_gen_{i}");
+                let ts = chrono::Utc::now().timestamp();
+                let signature = key.sign(&id, ts, body);
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("webhook-id", id)
+                    .header("webhook-timestamp", ts)
+                    .header("webhook-signature", signature)
+                    .body(body.clone())
+                    .send()
+                    .await;
+                if let Ok(response) = sent {
+                    let _ = response.bytes().await;
+                }
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    println!(
+        "{} {}",
+        start.elapsed().as_secs_f64(),
+        cpu_secs(std::process::id()) - cpu_before
+    );
+    Ok(())
 }
 
 struct Bench {
@@ -171,6 +319,12 @@ impl Bench {
 
     /// One live-latency row: pgbench (full rate or `rate`), then waits for every delivery.
     async fn live(&self, seconds: u64, rate: Option<u32>) -> Result<()> {
+        let label = rate.map_or("full".to_string(), |r| r.to_string());
+        self.live_as(&label, seconds, rate).await
+    }
+
+    /// [`Self::live`] with the row labelled `label`.
+    async fn live_as(&self, label: &str, seconds: u64, rate: Option<u32>) -> Result<()> {
         self.reset();
         let (tps, done) = self.pgbench_at(seconds, 4, rate)?;
         let ended = Instant::now();
@@ -180,7 +334,7 @@ impl Bench {
         lat.sort_unstable();
         println!(
             "| {} | {tps:.0} | {}/{done} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} s |",
-            rate.map_or("full".to_string(), |r| r.to_string()),
+            label,
             self.seen.count.load(Ordering::Relaxed),
             pct(&lat, 0.5),
             pct(&lat, 0.95),
@@ -189,6 +343,76 @@ impl Bench {
             lag.as_secs_f64()
         );
         Ok(())
+    }
+
+    /// A backlog of the drain's shape: `big` rows in one transaction, then `singles`
+    /// single-row transactions, written while walhook is stopped.
+    async fn backlog(&self, big: usize, singles: usize) -> Result<()> {
+        self.client
+            .batch_execute(&format!(
+                "INSERT INTO bench (payload) SELECT 'bulk' FROM generate_series(1, {big})"
+            ))
+            .await?;
+        self.client
+            .batch_execute(&format!("CALL bench_rows({singles})"))
+            .await?;
+        Ok(())
+    }
+
+    /// Starts walhook on a backlog of `total` events and waits until all arrived; then
+    /// stops it. Seconds, walhook's CPU seconds, the receiver's CPU seconds.
+    async fn drain(&self, total: u64) -> (f64, f64, f64) {
+        self.reset();
+        let receiver_before = cpu_secs(std::process::id());
+        let mut walhook = self.walhook();
+        let took = self.wait_count(total, Duration::from_secs(600)).await;
+        let walhook_cpu = cpu_secs(walhook.id());
+        let receiver_cpu = cpu_secs(std::process::id()) - receiver_before;
+        stop(&mut walhook);
+        // A drain is only comparable when nothing failed on the way: say so when something did.
+        if let Ok(Some(row)) = self
+            .client
+            .query_opt(
+                "SELECT last_error FROM walhook.subscription_health WHERE last_error_at > now() - interval '10 minutes' LIMIT 1",
+                &[],
+            )
+            .await
+        {
+            eprintln!("note: deliveries failed during this drain: {:?}", row.get::<_, Option<String>>(0));
+        }
+        (took.as_secs_f64(), walhook_cpu, receiver_cpu)
+    }
+
+    /// The load generator (this binary in generator mode) sending the recorded bodies to
+    /// `url`; seconds and CPU seconds of the generator, CPU seconds of the receiver.
+    async fn generator(
+        &self,
+        url: &str,
+        bodies: &std::path::Path,
+        proto: &str,
+        total: u64,
+    ) -> Result<(f64, f64, f64)> {
+        self.reset();
+        let receiver_before = cpu_secs(std::process::id());
+        let out = tokio::process::Command::new(std::env::current_exe()?)
+            .env(
+                "BENCH_GENERATOR",
+                format!("{url} {} {proto}", bodies.display()),
+            )
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut fields = text.split_whitespace().map(|f| f.parse::<f64>());
+        let (Some(Ok(secs)), Some(Ok(cpu))) = (fields.next(), fields.next()) else {
+            return Err(format!(
+                "generator said: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        };
+        self.wait_count(total, Duration::from_secs(60)).await;
+        let receiver_cpu = cpu_secs(std::process::id()) - receiver_before;
+        Ok((secs, cpu, receiver_cpu))
     }
 
     fn reset(&self) {
@@ -274,6 +498,10 @@ fn pct(sorted: &[i64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Ok(spec) = std::env::var("BENCH_GENERATOR") {
+        return generate(&spec).await;
+    }
     let quick = std::env::var("BENCH_QUICK").is_ok();
     let scale = if quick { 10 } else { 1 };
     let pg = tokio::task::spawn_blocking(LocalPostgres::start).await??;
@@ -291,6 +519,9 @@ async fn main() -> Result<()> {
         let _ = tcp.set_nodelay(true);
     });
     tokio::spawn(async move { axum::serve(listener, app).await });
+    let h2_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let h2_hook = format!("http://{}/hook", h2_listener.local_addr()?);
+    tokio::spawn(serve_both(h2_listener, seen.clone()));
     client
         .batch_execute(
             "CREATE TABLE bench (id bigserial PRIMARY KEY, payload text NOT NULL, at timestamptz NOT NULL DEFAULT now());
@@ -375,11 +606,13 @@ async fn main() -> Result<()> {
     b.reset();
     let start = Instant::now();
     let receiver_before = cpu_secs(std::process::id());
+    b.seen.record.store(true, Ordering::Relaxed);
     let mut walhook = b.walhook();
     let pid = walhook.id();
     let drain_time = b.wait_count(total, Duration::from_secs(600)).await;
     let drain_cpu = cpu_secs(pid);
     let receiver_cpu = cpu_secs(std::process::id()) - receiver_before;
+    b.seen.record.store(false, Ordering::Relaxed);
     let drain_rss = rss_peak_kb(pid);
     let _ = start;
     println!(
@@ -402,6 +635,108 @@ async fn main() -> Result<()> {
         drain_rss / 1024
     );
 
+    // 1b. The HTTP limit, batching and HTTP/2 on the same backlog shape.
+    let bodies_file = b.pg.root.join("bodies.ndjson");
+    std::fs::write(
+        &bodies_file,
+        std::mem::take(&mut *b.seen.bodies.lock().unwrap()),
+    )?;
+    let per_event = |cpu: f64| cpu / total as f64 * 1e6;
+    let row =
+        |what: &str, secs: f64, walhook: Option<f64>, receiver: f64, generator: Option<f64>| {
+            let us = |cpu: Option<f64>| {
+                cpu.map_or("—".to_string(), |c| format!("{:.1}", per_event(c)))
+            };
+            println!(
+                "| {what} | {secs:.2} | {:.0} | {:.2} | {} | {:.1} | {} |",
+                total as f64 / secs,
+                recv_time.as_secs_f64() / secs,
+                us(walhook),
+                per_event(receiver),
+                us(generator)
+            );
+        };
+    println!(
+        "### HTTP limit, batching, HTTP/2 ({total} events each; CPU µs per event from /proc)\n"
+    );
+    println!(
+        "| sender | seconds | events/s | ÷ pg_recvlogical rate | walhook µs/event | receiver µs/event | generator µs/event |\n|---|---|---|---|---|---|---|"
+    );
+    let (secs, gen_cpu, recv_cpu) = b.generator(&b.hook, &bodies_file, "h1", total).await?;
+    row(
+        &format!(
+            "HTTP limit: generator, HTTP/1.1, {CONCURRENCY} concurrent, one request per event"
+        ),
+        secs,
+        None,
+        recv_cpu,
+        Some(gen_cpu),
+    );
+    let limit_h1 = secs;
+    row(
+        "walhook, HTTP/1.1, one request per event (above)",
+        drain_time.as_secs_f64(),
+        Some(drain_cpu),
+        receiver_cpu,
+        None,
+    );
+    stop(&mut walhook);
+    b.client
+        .execute(
+            "UPDATE walhook.subscriptions SET batch_max = 100 WHERE target_url = $1",
+            &[&b.hook],
+        )
+        .await?;
+    b.backlog(big, singles).await?;
+    let (secs, cpu, recv_cpu) = b.drain(total).await;
+    row(
+        "walhook, HTTP/1.1, batch_max = 100",
+        secs,
+        Some(cpu),
+        recv_cpu,
+        None,
+    );
+    b.client
+        .execute(
+            "UPDATE walhook.subscriptions SET batch_max = NULL, target_url = $2, http2 = true WHERE target_url = $1",
+            &[&b.hook, &h2_hook],
+        )
+        .await?;
+    b.backlog(big, singles).await?;
+    let (secs, cpu, recv_cpu) = b.drain(total).await;
+    row(
+        "walhook, h2c (http2 = true), one request per event",
+        secs,
+        Some(cpu),
+        recv_cpu,
+        None,
+    );
+    let (secs, gen_cpu, recv_cpu) = b.generator(&h2_hook, &bodies_file, "h2c", total).await?;
+    row(
+        &format!("HTTP limit: generator, h2c, {CONCURRENCY} concurrent, one request per event"),
+        secs,
+        None,
+        recv_cpu,
+        Some(gen_cpu),
+    );
+    b.client
+        .execute(
+            "UPDATE walhook.subscriptions SET target_url = $1, http2 = false WHERE target_url = $2",
+            &[&b.hook, &h2_hook],
+        )
+        .await?;
+    println!(
+        "\nwalhook one-request-per-event drain ÷ HTTP/1.1 limit: {:.2} (target ≥ 0.70)\n",
+        limit_h1 / drain_time.as_secs_f64()
+    );
+    let _ = std::fs::remove_file(&bodies_file);
+    if std::env::var("BENCH_DRAIN_ONLY").is_ok() {
+        return Ok(());
+    }
+    let mut walhook = b.walhook();
+    let pid = walhook.id();
+    b.wait_streaming().await?;
+
     // 2. Live latency under pgbench.
     b.wait_quiet().await;
     reset_peak(pid);
@@ -421,6 +756,24 @@ async fn main() -> Result<()> {
         b.wait_quiet().await;
         b.live(seconds / 3, Some(rate)).await?;
     }
+    // Full rate again with batch_max = 100 (a third as long): whether batching keeps up.
+    b.wait_quiet().await;
+    b.client
+        .execute(
+            "UPDATE walhook.subscriptions SET batch_max = 100 WHERE target_url = $1",
+            &[&b.hook],
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await; // routing reload
+    b.live_as("full, batch_max = 100", seconds / 3, None)
+        .await?;
+    b.client
+        .execute(
+            "UPDATE walhook.subscriptions SET batch_max = NULL WHERE target_url = $1",
+            &[&b.hook],
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await; // routing reload
     println!("\nwalhook CPU {cpu_full:.1} s over the full-rate run; peak RSS {rss_full} MB\n");
 
     // 3. Write-path cost.

@@ -28,6 +28,9 @@ fn subscription(target: String, events: &[&str], filter: serde_json::Value) -> S
         context: None,
         active: true,
         expires_at: None,
+        batch_max: None,
+        batch_window_ms: 0,
+        http2: false,
     }
 }
 

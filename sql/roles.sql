@@ -60,9 +60,10 @@ BEGIN
         GRANT SELECT ON walhook.subscription_health, walhook.dead_letters, walhook.watched_tables,
             walhook.subscription_stats, walhook.checkpoints, walhook.settings TO walhook_monitor;
         GRANT SELECT (id, owner, events, target_url, filter, context, active, expires_at,
-                      disabled_reason, created_at, updated_at) ON walhook.subscriptions TO walhook_monitor;
+                      disabled_reason, created_at, updated_at, batch_max, batch_window_ms, http2)
+            ON walhook.subscriptions TO walhook_monitor;
         GRANT SELECT (id, subscription_id, event_id, event_type, status, attempts, next_attempt_at,
-                      last_error, created_at) ON walhook.delivery_queue TO walhook_monitor;
+                      last_error, created_at, batch_id) ON walhook.delivery_queue TO walhook_monitor;
         GRANT SELECT (id, txid, schema_name, table_name, op, committed_at) ON walhook.outbox TO walhook_monitor;
         GRANT SELECT ON walhook.capture_progress, walhook.gaps TO walhook_monitor;
     END IF;

@@ -321,6 +321,19 @@ BEGIN
         RAISE EXCEPTION 'walhook.subscriptions.expires_at % is in the past', NEW.expires_at
             USING ERRCODE = 'check_violation', COLUMN = 'expires_at';
     END IF;
+    IF NEW.batch_max IS NOT NULL AND NEW.batch_max NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'walhook.subscriptions.batch_max must be NULL or 1 (one event per request) or from 2 to 1000 (events per request), got %', NEW.batch_max
+            USING ERRCODE = 'check_violation', COLUMN = 'batch_max',
+                  HINT = 'e.g. batch_max = 100 with batch_window_ms = 50';
+    END IF;
+    IF NEW.batch_window_ms IS NULL OR NEW.batch_window_ms NOT BETWEEN 0 AND 10000 THEN
+        RAISE EXCEPTION 'walhook.subscriptions.batch_window_ms must be from 0 to 10000 (milliseconds a batch may wait to fill), got %', coalesce(NEW.batch_window_ms::text, 'NULL')
+            USING ERRCODE = 'check_violation', COLUMN = 'batch_window_ms';
+    END IF;
+    IF NEW.http2 IS NULL THEN
+        RAISE EXCEPTION 'walhook.subscriptions.http2 must be true or false, got NULL'
+            USING ERRCODE = 'check_violation', COLUMN = 'http2';
+    END IF;
     IF TG_OP = 'UPDATE' THEN
         NEW.updated_at := now();
         IF NEW.active AND NOT OLD.active THEN
@@ -804,15 +817,17 @@ $$;
 -- Returns NULL when written, else '<SQLSTATE>:<message>', so the daemon can tell a write that
 -- will fail again (data exception, integrity, program limit…: the event is parked as a dead
 -- letter) from one worth retrying (connection, serialization, resources).
+DROP FUNCTION IF EXISTS walhook.enqueue_deliveries(uuid[], text[], text[], text[], text[], integer[], float8[], text[], text[]);
 CREATE OR REPLACE FUNCTION walhook.enqueue_deliveries(
-    s uuid[], e text[], t text[], k text[], b text[], a integer[], d float8[], l text[], st text[]
+    s uuid[], e text[], t text[], k text[], b text[], a integer[], d float8[], l text[], st text[],
+    bt text[]
 ) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO walhook.delivery_queue
-        (subscription_id, event_id, event_type, row_key, body, attempts, next_attempt_at, last_error, status)
-    SELECT u.s, u.e, u.t, u.k, u.b, u.a, now() + make_interval(secs => u.d), u.l, u.st
-    FROM unnest(s, e, t, k, b, a, d, l, st) WITH ORDINALITY AS u(s, e, t, k, b, a, d, l, st, n)
+        (subscription_id, event_id, event_type, row_key, body, attempts, next_attempt_at, last_error, status, batch_id)
+    SELECT u.s, u.e, u.t, u.k, u.b, u.a, now() + make_interval(secs => u.d), u.l, u.st, u.bt
+    FROM unnest(s, e, t, k, b, a, d, l, st, bt) WITH ORDINALITY AS u(s, e, t, k, b, a, d, l, st, bt, n)
     WHERE EXISTS (SELECT 1 FROM walhook.subscriptions x WHERE x.id OPERATOR(pg_catalog.=) u.s)
     ORDER BY u.n
     ON CONFLICT (subscription_id, event_id) DO NOTHING;

@@ -104,6 +104,38 @@ impl Fields {
         }
     }
 
+    /// An integer field from `min` to `max`; anything else (a fraction, a string, out of
+    /// range) → 422 with `rule`.
+    pub fn integer(
+        &self,
+        name: &str,
+        min: i64,
+        max: i64,
+        rule: &str,
+    ) -> Result<Option<i64>, ApiError> {
+        match self.map.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.as_i64().is_some_and(|n| (min..=max).contains(&n)) => {
+                Ok(n.as_i64())
+            }
+            Some(other) => Err(ApiError::invalid(name, format!("{rule}, got {other}"))),
+        }
+    }
+
+    /// A nullable integer field from `min` to `max`: absent → `None`, null → `Some(None)`.
+    pub fn nullable_integer(
+        &self,
+        name: &str,
+        min: i64,
+        max: i64,
+        rule: &str,
+    ) -> Result<Option<Option<i64>>, ApiError> {
+        match self.map.get(name) {
+            Some(Value::Null) => Ok(Some(None)),
+            _ => Ok(self.integer(name, min, max, rule)?.map(Some)),
+        }
+    }
+
     /// A JSON object field.
     pub fn object(&self, name: &str) -> Result<Option<Value>, ApiError> {
         match self.map.get(name) {

@@ -46,7 +46,17 @@ const FIELDS: &[&str] = &[
     "context",
     "expires_at",
     "active",
+    "batch_max",
+    "batch_window_ms",
+    "http2",
 ];
+
+/// Largest `batch_max` and `batch_window_ms` (the `check_subscription` trigger's limits).
+const MAX_BATCH: i64 = 1000;
+const MAX_BATCH_WINDOW_MS: i64 = 10_000;
+const BATCH_MAX_RULE: &str = "batch_max must be null or 1 (one event per request) or an integer from 2 to 1000 (events per request)";
+const BATCH_WINDOW_RULE: &str =
+    "batch_window_ms must be an integer from 0 to 10000 (milliseconds a batch may wait to fill)";
 
 /// Largest and default page size of `GET /v1/hooks`.
 const MAX_PAGE: i64 = 100;
@@ -62,6 +72,9 @@ struct Input {
     context: Option<Option<String>>,
     expires_at: Option<Option<DateTime<Utc>>>,
     active: Option<bool>,
+    batch_max: Option<Option<i32>>,
+    batch_window_ms: Option<i32>,
+    http2: Option<bool>,
 }
 
 impl Input {
@@ -86,6 +99,13 @@ impl Input {
             context: f.nullable_string("context")?,
             expires_at: f.nullable_time("expires_at")?,
             active: f.boolean("active")?,
+            batch_max: f
+                .nullable_integer("batch_max", 1, MAX_BATCH, BATCH_MAX_RULE)?
+                .map(|n| n.map(|n| n as i32)),
+            batch_window_ms: f
+                .integer("batch_window_ms", 0, MAX_BATCH_WINDOW_MS, BATCH_WINDOW_RULE)?
+                .map(|n| n as i32),
+            http2: f.boolean("http2")?,
         })
     }
 
@@ -103,6 +123,9 @@ impl Input {
             context: self.context.flatten(),
             active: self.active.unwrap_or(true),
             expires_at: self.expires_at.flatten(),
+            batch_max: self.batch_max.flatten(),
+            batch_window_ms: self.batch_window_ms.unwrap_or(0),
+            http2: self.http2.unwrap_or(false),
         })
     }
 
@@ -117,6 +140,9 @@ impl Input {
             context,
             expires_at,
             active,
+            batch_max,
+            batch_window_ms,
+            http2,
         } = self;
         row.events = events.unwrap_or(std::mem::take(&mut row.events));
         row.target_url = target_url.unwrap_or(std::mem::take(&mut row.target_url));
@@ -126,6 +152,9 @@ impl Input {
         row.context = context.unwrap_or(row.context.take());
         row.expires_at = expires_at.unwrap_or(row.expires_at.take());
         row.active = active.unwrap_or(row.active);
+        row.batch_max = batch_max.unwrap_or(row.batch_max);
+        row.batch_window_ms = batch_window_ms.unwrap_or(row.batch_window_ms);
+        row.http2 = http2.unwrap_or(row.http2);
     }
 }
 
@@ -213,6 +242,9 @@ fn take_effect(state: &ApiState, id: Uuid, hook: Option<&Hook>, owner: &str) {
             context: h.context.clone(),
             active: h.active,
             expires_at: h.expires_at,
+            batch_max: h.batch_max,
+            batch_window_ms: h.batch_window_ms,
+            http2: h.http2,
         });
     state.routing.apply(id, routed);
 }

@@ -48,6 +48,12 @@ pub struct Hook {
     pub created_at: DateTime<Utc>,
     /// Updated.
     pub updated_at: DateTime<Utc>,
+    /// Events per request (`None` or 1: one event, not an array).
+    pub batch_max: Option<i32>,
+    /// How long a batch may wait to fill, in milliseconds.
+    pub batch_window_ms: i32,
+    /// Cleartext HTTP/2 with prior knowledge.
+    pub http2: bool,
 }
 
 /// RFC 3339 with microseconds, UTC.
@@ -70,6 +76,9 @@ impl Hook {
             "disabled_reason": self.disabled_reason,
             "created_at": timestamp(&self.created_at),
             "updated_at": timestamp(&self.updated_at),
+            "batch_max": self.batch_max,
+            "batch_window_ms": self.batch_window_ms,
+            "http2": self.http2,
         });
         if with_secret {
             body["secret"] = json!(self.secret);
@@ -100,6 +109,12 @@ pub struct HookRow {
     pub active: bool,
     /// Expiry.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Events per request.
+    pub batch_max: Option<i32>,
+    /// Batch window, milliseconds.
+    pub batch_window_ms: i32,
+    /// Cleartext HTTP/2.
+    pub http2: bool,
 }
 
 impl HookRow {
@@ -115,6 +130,9 @@ impl HookRow {
             context: hook.context,
             active: hook.active,
             expires_at: hook.expires_at,
+            batch_max: hook.batch_max,
+            batch_window_ms: hook.batch_window_ms,
+            http2: hook.http2,
         }
     }
 }

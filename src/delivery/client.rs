@@ -93,6 +93,9 @@ pub struct Target {
     url: Result<reqwest::Url, String>,
     key: Result<Key, BadSecret>,
     headers: HeaderMap,
+    /// Cleartext HTTP/2 with prior knowledge for an `http://` URL (the subscription's
+    /// `http2`); `https://` targets negotiate HTTP/2 by ALPN whatever it says.
+    h2c: bool,
 }
 
 impl Target {
@@ -117,7 +120,15 @@ impl Target {
             url: parse_url(url),
             key: Key::parse(secret),
             headers: extra,
+            h2c: false,
         }
+    }
+
+    /// The same target, sent to in cleartext HTTP/2 (prior knowledge) when `on` and its URL
+    /// is `http://`.
+    pub fn with_http2(mut self, on: bool) -> Target {
+        self.h2c = on && self.url.as_ref().is_ok_and(|u| u.scheme() == "http");
+        self
     }
 }
 
@@ -131,10 +142,13 @@ pub struct Message<'a> {
     pub body: Bytes,
 }
 
-/// Sends webhooks (and intent-verification challenges) through one guarded client.
+/// Sends webhooks (and intent-verification challenges) through one guarded client, and a
+/// second one, built the same way, that speaks HTTP/2 with prior knowledge for cleartext
+/// targets that opted in.
 #[derive(Clone)]
 pub struct Sender {
     client: reqwest::Client,
+    h2c: reqwest::Client,
     allow_private: bool,
 }
 
@@ -148,6 +162,25 @@ impl Sender {
         proxy: Option<&str>,
     ) -> Result<Sender, SenderError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Self::client(timeout, allow_private, proxy, false)?;
+        let h2c = Self::client(timeout, allow_private, proxy, true)?;
+        Ok(Sender {
+            client,
+            h2c,
+            allow_private,
+        })
+    }
+
+    /// One reqwest client: no redirects, bounded headers, the guard's resolver, no
+    /// environment proxy. With `prior_knowledge`, HTTP/2 only (h2c for `http://`). Without,
+    /// HTTP/1.1, or HTTP/2 when an `https` server picks `h2` by ALPN (reqwest offers `h2`
+    /// and `http/1.1` in its rustls configuration when its `http2` feature is on).
+    fn client(
+        timeout: Duration,
+        allow_private: bool,
+        proxy: Option<&str>,
+        prior_knowledge: bool,
+    ) -> Result<reqwest::Client, SenderError> {
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -170,13 +203,12 @@ impl Sender {
         if !allow_private {
             builder = builder.dns_resolver(guard::resolver());
         }
-        let client = builder
+        if prior_knowledge {
+            builder = builder.http2_prior_knowledge();
+        }
+        builder
             .build()
-            .map_err(|e| SenderError::Client(e.to_string()))?;
-        Ok(Sender {
-            client,
-            allow_private,
-        })
+            .map_err(|e| SenderError::Client(e.to_string()))
     }
 
     /// Parses a target URL and refuses forbidden IP literals (names are checked on connect).
@@ -278,8 +310,8 @@ impl Sender {
                 headers.insert(name, value);
             }
         }
-        let request = self
-            .client
+        let client = if target.h2c { &self.h2c } else { &self.client };
+        let request = client
             .post(url.clone())
             .headers(headers)
             .body(message.body.clone());

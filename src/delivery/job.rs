@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
+use super::batch::batching;
 use super::client::Message;
 use super::queue::RowRef;
 use super::spill::Queued;
@@ -86,6 +87,14 @@ impl Delivery {
         // Waiting for a slot of a slow subscription must hold up neither a shutdown nor,
         // past the hold bound, the acknowledgement.
         let skip = !prev_delivered || job.queue_only || sub.breaker.open().is_some();
+        if !skip && !self.draining.is_cancelled() && batching(&job.route).is_some() {
+            // Its batch takes the slot, makes the attempt and queues it if need be.
+            let delivered = self.batched(&job, &sub, body).await;
+            done.finish(delivered);
+            sub.in_memory.fetch_sub(1, Ordering::AcqRel);
+            self.forget_job(&job.key);
+            return;
+        }
         let permit = if skip || self.draining.is_cancelled() {
             None
         } else {

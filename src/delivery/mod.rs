@@ -11,6 +11,7 @@
 //! ```
 //!
 //! Stages: [`dispatcher`] (transactions → jobs, stopping at a transaction boundary),
+//! [`batch`] (jobs of subscriptions with `batch_max` ≥ 2 gathered into one request),
 //! [`job`] (one event to one subscription: wait for its row's predecessor, a slot, the
 //! attempt), [`spill`] (into the queue table, and the in-memory marks that keep later
 //! events of a row behind it), [`retrier`] (due rows of the table), [`watermark`] (which
@@ -31,6 +32,7 @@
 //!   `max_waiting` jobs in memory gets new ones queued instead, so a slow endpoint costs
 //!   neither memory nor other subscriptions' latency.
 
+mod batch;
 pub mod breaker;
 pub mod client;
 mod dispatcher;
@@ -45,10 +47,10 @@ mod watermark;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -104,7 +106,10 @@ struct KeyState {
 
 /// Per subscription limits.
 struct SubState {
-    permits: Semaphore,
+    /// Requests in flight (shared with the batch gatherer, which hands permits to batches).
+    permits: Arc<Semaphore>,
+    /// The subscription's batch gatherer, started by its first batched job.
+    batcher: OnceLock<mpsc::UnboundedSender<batch::Member>>,
     in_memory: AtomicUsize,
     failing: AtomicBool,
     breaker: Breaker,
@@ -192,7 +197,8 @@ impl Delivery {
             .entry(id)
             .or_insert_with(|| {
                 Arc::new(SubState {
-                    permits: Semaphore::new(self.config.max_in_flight.max(1)),
+                    permits: Arc::new(Semaphore::new(self.config.max_in_flight.max(1))),
+                    batcher: OnceLock::new(),
                     in_memory: AtomicUsize::new(0),
                     // Unknown at start: the first success records itself (once).
                     failing: AtomicBool::new(true),

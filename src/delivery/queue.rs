@@ -158,6 +158,8 @@ pub struct Enqueue<'a> {
     pub last_error: Option<&'a str>,
     /// Store as a dead letter right away.
     pub dead: bool,
+    /// The batch it was sent in (its `webhook-id`), retried as that batch.
+    pub batch_id: Option<&'a str>,
 }
 
 /// Which queued row an update is for.
@@ -167,16 +169,21 @@ pub enum RowRef<'a> {
     Id(i64),
     /// By subscription and event id: the row a job spilled while its attempt was in flight.
     Event(Uuid, &'a str),
+    /// Every row of one batch (by subscription and batch id).
+    Batch(Uuid, &'a str),
 }
 
 impl RowRef<'_> {
-    /// The condition, over binds `$1` (id), `$2` (subscription), `$3` (event id).
-    const WHERE: &'static str = "(id = $1 OR (subscription_id = $2 AND event_id = $3))";
+    /// The condition, over binds `$1` (id), `$2` (subscription), `$3` (event id), `$4`
+    /// (batch id).
+    const WHERE: &'static str = "(id = $1 OR (subscription_id = $2 AND event_id = $3) \
+         OR (subscription_id = $2 AND batch_id = $4))";
 
-    fn binds(&self) -> (Option<i64>, Option<Uuid>, Option<&str>) {
+    fn binds(&self) -> (Option<i64>, Option<Uuid>, Option<&str>, Option<&str>) {
         match *self {
-            RowRef::Id(id) => (Some(id), None, None),
-            RowRef::Event(subscription, event) => (None, Some(subscription), Some(event)),
+            RowRef::Id(id) => (Some(id), None, None, None),
+            RowRef::Event(subscription, event) => (None, Some(subscription), Some(event), None),
+            RowRef::Batch(subscription, batch) => (None, Some(subscription), None, Some(batch)),
         }
     }
 }
@@ -202,6 +209,9 @@ pub struct Claimed {
     /// Attempts made.
     #[diesel(sql_type = Integer)]
     pub attempts: i32,
+    /// The batch it belongs to (its rows are claimed and sent together).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub batch_id: Option<String>,
 }
 
 #[derive(QueryableByName)]
@@ -237,6 +247,7 @@ struct Waiting {
     delay_secs: f64,
     last_error: Option<String>,
     status: &'static str,
+    batch_id: Option<String>,
     done: oneshot::Sender<Result<(), (WriteFailure, String)>>,
 }
 
@@ -252,6 +263,7 @@ impl Waiting {
             delay_secs: sql_secs(e.delay),
             last_error: e.last_error.map(str::to_owned),
             status: if e.dead { "dead" } else { "pending" },
+            batch_id: e.batch_id.map(str::to_owned),
             done,
         }
     }
@@ -309,7 +321,7 @@ async fn insert_batch(pool: &PgPool, batch: &[Waiting]) -> Result<(), QueueError
     // The function reports a refused INSERT with its SQLSTATE (see sql/walhook.sql).
     let rows: Vec<Refusal> = diesel::sql_query(
         "SELECT walhook.enqueue_deliveries($1::uuid[], $2::text[], $3::text[], $4::text[], \
-         $5::text[], $6::int4[], $7::float8[], $8::text[], $9::text[]) AS refused",
+         $5::text[], $6::int4[], $7::float8[], $8::text[], $9::text[], $10::text[]) AS refused",
     )
     .bind::<Array<SqlUuid>, _>(batch.iter().map(|w| w.subscription_id).collect::<Vec<_>>())
     .bind::<Array<Text>, _>(column(|w| &w.event_id))
@@ -325,6 +337,12 @@ async fn insert_batch(pool: &PgPool, batch: &[Waiting]) -> Result<(), QueueError
             .collect::<Vec<_>>(),
     )
     .bind::<Array<Text>, _>(column(|w| w.status))
+    .bind::<Array<Nullable<Text>>, _>(
+        batch
+            .iter()
+            .map(|w| w.batch_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .load(&mut conn)
     .await?;
     match rows.into_iter().next().and_then(|r| r.refused) {
@@ -415,6 +433,7 @@ impl Queue {
             delay: Duration::ZERO,
             last_error: Some(&reason),
             dead: true,
+            batch_id: None,
             ..e.clone()
         };
         let (done, _written) = oneshot::channel();
@@ -451,12 +470,12 @@ impl Queue {
             "UPDATE walhook.delivery_queue q SET next_attempt_at = now() + make_interval(secs => $2) \
              WHERE q.id IN ( \
                SELECT c.id FROM walhook.delivery_queue c \
-               WHERE c.status = 'pending' AND c.next_attempt_at <= now() \
+               WHERE c.status = 'pending' AND c.next_attempt_at <= now() AND c.batch_id IS NULL \
                  AND NOT EXISTS (SELECT 1 FROM walhook.delivery_queue e \
                    WHERE e.subscription_id = c.subscription_id AND e.row_key = c.row_key \
                      AND e.status = 'pending' AND e.id < c.id) \
                ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING q.id, q.subscription_id, q.event_id, q.row_key, q.body, q.attempts",
+             RETURNING q.id, q.subscription_id, q.event_id, q.row_key, q.body, q.attempts, q.batch_id",
         )
         .bind::<BigInt, _>(limit)
         .bind::<Double, _>(sql_secs(lease))
@@ -464,10 +483,43 @@ impl Queue {
         .await?)
     }
 
+    /// Claims every row of up to `limit` due batches for `lease` (rows of a batch share
+    /// `next_attempt_at`, so they come due together), ordered by batch then id: a batch is
+    /// sent again with its members in their first order. A batch is chosen by a due member
+    /// that heads its row (no older pending row of the same subscription and row); the
+    /// outer condition is re-checked on rows another daemon claimed meanwhile, so a batch is
+    /// never claimed twice.
+    pub async fn claim_batches(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, QueueError> {
+        let mut conn = self.conn().await?;
+        let mut rows: Vec<Claimed> = diesel::sql_query(
+            "UPDATE walhook.delivery_queue q SET next_attempt_at = now() + make_interval(secs => $2) \
+             WHERE q.status = 'pending' AND q.next_attempt_at <= now() AND (q.subscription_id, q.batch_id) IN ( \
+               SELECT c.subscription_id, c.batch_id FROM walhook.delivery_queue c \
+               WHERE c.status = 'pending' AND c.next_attempt_at <= now() AND c.batch_id IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM walhook.delivery_queue e \
+                   WHERE e.subscription_id = c.subscription_id AND e.row_key = c.row_key \
+                     AND e.status = 'pending' AND e.id < c.id) \
+               ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING q.id, q.subscription_id, q.event_id, q.row_key, q.body, q.attempts, q.batch_id",
+        )
+        .bind::<BigInt, _>(limit)
+        .bind::<Double, _>(sql_secs(lease))
+        .load(&mut conn)
+        .await?;
+        rows.sort_by(|a, b| {
+            (a.subscription_id, &a.batch_id, a.id).cmp(&(b.subscription_id, &b.batch_id, b.id))
+        });
+        Ok(rows)
+    }
+
     /// Removes a delivered row.
     pub async fn delete(&self, row: RowRef<'_>) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
-        let (id, subscription, event) = row.binds();
+        let (id, subscription, event, batch) = row.binds();
         diesel::sql_query(format!(
             "DELETE FROM walhook.delivery_queue WHERE {}",
             RowRef::WHERE
@@ -475,6 +527,7 @@ impl Queue {
         .bind::<Nullable<BigInt>, _>(id)
         .bind::<Nullable<SqlUuid>, _>(subscription)
         .bind::<Nullable<Text>, _>(event)
+        .bind::<Nullable<Text>, _>(batch)
         .execute(&mut conn)
         .await?;
         Ok(())
@@ -489,16 +542,17 @@ impl Queue {
         error: &str,
     ) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
-        let (id, subscription, event) = row.binds();
+        let (id, subscription, event, batch) = row.binds();
         diesel::sql_query(format!(
-            "UPDATE walhook.delivery_queue SET attempts = $4, last_error = $5, \
-             status = CASE WHEN $6 THEN 'pending' ELSE 'dead' END, \
-             next_attempt_at = now() + make_interval(secs => $7) WHERE {}",
+            "UPDATE walhook.delivery_queue SET attempts = $5, last_error = $6, \
+             status = CASE WHEN $7 THEN 'pending' ELSE 'dead' END, \
+             next_attempt_at = now() + make_interval(secs => $8) WHERE {}",
             RowRef::WHERE
         ))
         .bind::<Nullable<BigInt>, _>(id)
         .bind::<Nullable<SqlUuid>, _>(subscription)
         .bind::<Nullable<Text>, _>(event)
+        .bind::<Nullable<Text>, _>(batch)
         .bind::<Integer, _>(attempts)
         .bind::<Text, _>(error)
         .bind::<diesel::sql_types::Bool, _>(delay.is_some())
@@ -508,13 +562,19 @@ impl Queue {
         Ok(())
     }
 
-    /// Hands a claimed row back, due again after `delay` (e.g. its row is busy in memory).
-    pub async fn release(&self, id: i64, delay: Duration) -> Result<(), QueueError> {
+    /// Hands a claimed row (or batch) back, due again after `delay` (e.g. its row is busy in
+    /// memory).
+    pub async fn release(&self, row: RowRef<'_>, delay: Duration) -> Result<(), QueueError> {
         let mut conn = self.conn().await?;
-        diesel::sql_query(
-            "UPDATE walhook.delivery_queue SET next_attempt_at = now() + make_interval(secs => $2) WHERE id = $1",
-        )
-        .bind::<BigInt, _>(id)
+        let (id, subscription, event, batch) = row.binds();
+        diesel::sql_query(format!(
+            "UPDATE walhook.delivery_queue SET next_attempt_at = now() + make_interval(secs => $5) WHERE {}",
+            RowRef::WHERE
+        ))
+        .bind::<Nullable<BigInt>, _>(id)
+        .bind::<Nullable<SqlUuid>, _>(subscription)
+        .bind::<Nullable<Text>, _>(event)
+        .bind::<Nullable<Text>, _>(batch)
         .bind::<Double, _>(sql_secs(delay))
         .execute(&mut conn)
         .await?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::batch::{array, batching};
 use super::client::Message;
 use super::queue::{Claimed, QueueError, RowRef};
 use super::retry::Outcome;
@@ -20,13 +21,27 @@ impl Delivery {
         let mut running = tokio::task::JoinSet::new();
         while !stop.is_cancelled() {
             while running.try_join_next().is_some() {}
+            let mut batches = 0;
+            if running.len() < 256 {
+                match self.queue.claim_batches(16, self.lease()).await {
+                    Ok(rows) => {
+                        for batch in rows.chunk_by(|a, b| {
+                            (a.subscription_id, &a.batch_id) == (b.subscription_id, &b.batch_id)
+                        }) {
+                            batches += 1;
+                            running.spawn(self.clone().retry_batch(batch.to_vec(), stop.clone()));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming due batches failed"),
+                }
+            }
             let claimed = if running.len() < 256 {
                 self.queue.claim_due(64, self.lease()).await
             } else {
                 Ok(Vec::new())
             };
             match claimed {
-                Ok(rows) if !rows.is_empty() => {
+                Ok(rows) if !rows.is_empty() || batches > 0 => {
                     for row in rows {
                         running.spawn(self.clone().retry_row(row, routing.clone(), stop.clone()));
                     }
@@ -54,7 +69,11 @@ impl Delivery {
         let key = key(row.subscription_id, &row.row_key);
         let Some(generation) = self.idle_generation(&key) else {
             // Its row still has jobs in memory; they queue behind this one. Try again soon.
-            self.logged(self.queue.release(row.id, Duration::from_millis(200)).await);
+            self.logged(
+                self.queue
+                    .release(RowRef::Id(row.id), Duration::from_millis(200))
+                    .await,
+            );
             return;
         };
         let attempts = row.attempts + 1;
@@ -73,7 +92,7 @@ impl Delivery {
             Some(route) => {
                 if let Some(open) = sub.breaker.open() {
                     // Not attempted while the endpoint is known unreachable.
-                    self.logged(self.queue.release(row.id, open.remaining).await);
+                    self.logged(self.queue.release(RowRef::Id(row.id), open.remaining).await);
                     return;
                 }
                 let permit = tokio::select! {
@@ -82,13 +101,19 @@ impl Delivery {
                 };
                 if permit.is_none() {
                     // Shutting down: hand the row back for the next run (or another daemon).
-                    self.logged(self.queue.release(row.id, Duration::ZERO).await);
+                    self.logged(self.queue.release(RowRef::Id(row.id), Duration::ZERO).await);
                     return;
                 }
+                // A batching subscription's receiver gets arrays: an event queued on its own
+                // (it never joined a batch) is sent as an array of one.
+                let body = match batching(route) {
+                    Some(_) => array([row.body.as_bytes()]),
+                    None => row.body.into(),
+                };
                 let message = Message {
                     target: &route.target,
                     id: &row.event_id,
-                    body: row.body.into(),
+                    body,
                 };
                 let outcome = self.sender.send(&message).await;
                 drop(permit);

@@ -10,6 +10,7 @@ use super::breaker::Open;
 use super::job::Job;
 use super::queue::Enqueue;
 use super::{Delivery, Key, SubState, Verdict, locked};
+use crate::events::Event;
 
 /// Rows of one subscription tracked one by one as queued; beyond, the whole subscription is
 /// (memory stays bounded however many rows wait behind a dead endpoint).
@@ -73,33 +74,51 @@ impl Delivery {
     /// Writes a job to the queue table, retrying until it is durable (its transaction is not
     /// acknowledged before), and marks its row as queued.
     pub(super) async fn spill(&self, job: &Job, body: &[u8], queued: Queued<'_>) {
-        let (route, event) = (&job.route, &job.event);
-        let sub = self.sub(route.subscription.id);
-        sub.spilling.fetch_add(1, Ordering::AcqRel);
-        sub.spills.fetch_add(1, Ordering::AcqRel);
-        self.mark_queued(&sub, &job.key, !queued.dead);
-        // Bodies are serde_json output: always UTF-8, so this borrows.
-        let body = String::from_utf8_lossy(body);
-        let row = Enqueue {
-            subscription_id: route.subscription.id,
-            event_id: &event.id,
-            event_type: &event.event_type,
-            row_key: &event.row_key,
-            body: &body,
-            attempts: queued.attempts,
-            delay: queued.delay,
-            last_error: queued.error,
-            dead: queued.dead,
-        };
-        // `store` parks or drops what the database refuses for good; only transient
-        // failures come back, and are retried.
-        let mut wait = Duration::from_millis(100);
-        while let Err(e) = self.queue.store(&row).await {
-            tracing::error!(error = %e, event = %event.id, "cannot queue event; retrying (its LSN stays unacknowledged)");
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
-        }
-        sub.spilling.fetch_sub(1, Ordering::AcqRel);
+        let sub = self.sub(job.route.subscription.id);
+        self.spill_rows(&sub, &[(&job.key, &*job.event, body)], &queued, None)
+            .await;
+    }
+
+    /// Writes events of one subscription (its `sub` state) to the queue table, in order, as
+    /// `queued` says and as members of `batch` when given; each is retried until it is
+    /// durable, and their rows are marked as queued. Written concurrently, so the queue's
+    /// batch writer puts them in one INSERT.
+    pub(super) async fn spill_rows(
+        &self,
+        sub: &SubState,
+        rows: &[(&Key, &Event, &[u8])],
+        queued: &Queued<'_>,
+        batch: Option<&str>,
+    ) {
+        let writes = rows.iter().map(|&(key, event, body)| async move {
+            sub.spilling.fetch_add(1, Ordering::AcqRel);
+            sub.spills.fetch_add(1, Ordering::AcqRel);
+            self.mark_queued(sub, key, !queued.dead);
+            // Bodies are serde_json output: always UTF-8, so this borrows.
+            let body = String::from_utf8_lossy(body);
+            let row = Enqueue {
+                subscription_id: key.0,
+                event_id: &event.id,
+                event_type: &event.event_type,
+                row_key: &event.row_key,
+                body: &body,
+                attempts: queued.attempts,
+                delay: queued.delay,
+                last_error: queued.error,
+                dead: queued.dead,
+                batch_id: batch,
+            };
+            // `store` parks or drops what the database refuses for good; only transient
+            // failures come back, and are retried.
+            let mut wait = Duration::from_millis(100);
+            while let Err(e) = self.queue.store(&row).await {
+                tracing::error!(error = %e, event = %event.id, "cannot queue event; retrying (its LSN stays unacknowledged)");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            sub.spilling.fetch_sub(1, Ordering::AcqRel);
+        });
+        futures_util::future::join_all(writes).await;
     }
 
     /// Marks a job's row as having queued events (`pending`), so its later events queue

@@ -49,7 +49,8 @@ impl Route {
             &subscription.target_url,
             &subscription.secret,
             &subscription.headers,
-        );
+        )
+        .with_http2(subscription.http2);
         Route {
             subscription,
             target,
@@ -291,6 +292,9 @@ mod tests {
             context: None,
             active: true,
             expires_at: expires.and_then(chrono::DateTime::from_timestamp_micros),
+            batch_max: None,
+            batch_window_ms: 0,
+            http2: false,
         }
     }
 

@@ -50,6 +50,12 @@ diesel::table! {
         created_at -> Timestamptz,
         /// Last change.
         updated_at -> Timestamptz,
+        /// Events per request: NULL or 1 = one (no batching), 2..1000 = a JSON array.
+        batch_max -> Nullable<Integer>,
+        /// How long a batch may wait to fill, in milliseconds (0..10000).
+        batch_window_ms -> Integer,
+        /// Cleartext HTTP/2 (prior knowledge) for `http://` targets.
+        http2 -> Bool,
     }
 }
 

@@ -85,6 +85,12 @@ pub struct Subscription {
     pub active: bool,
     /// Expiry.
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Events per request (`None` or 1: no batching).
+    pub batch_max: Option<i32>,
+    /// How long a batch may wait to fill, in milliseconds.
+    pub batch_window_ms: i32,
+    /// Cleartext HTTP/2 with prior knowledge.
+    pub http2: bool,
 }
 
 /// Applies pending migrations and (re)installs `sql/walhook.sql`, under an advisory lock so

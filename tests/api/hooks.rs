@@ -27,6 +27,7 @@ async fn expected(db: &TestDb, id: &str, fields: Value) -> Value {
         "id": id, "filter": {}, "headers": {}, "context": null, "active": true,
         "expires_at": null, "disabled_reason": null,
         "created_at": created, "updated_at": updated,
+        "batch_max": null, "batch_window_ms": 0, "http2": false,
     });
     for (k, v) in fields.as_object().unwrap() {
         body[k] = v.clone();
@@ -327,7 +328,7 @@ async fn refuses_bad_requests_with_exact_errors() {
             422,
             error(
                 "unknown_field",
-                "unknown field \"colour\"; expected one of: event, events, target_url, filter, secret, headers, context, expires_at, active",
+                "unknown field \"colour\"; expected one of: event, events, target_url, filter, secret, headers, context, expires_at, active, batch_max, batch_window_ms, http2",
                 Some("colour"),
             ),
         ),
