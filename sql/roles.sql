@@ -58,6 +58,7 @@ BEGIN
         GRANT USAGE ON SCHEMA walhook TO walhook_monitor;
         GRANT SELECT ON walhook.subscription_health, walhook.dead_letters, walhook.watched_tables,
             walhook.subscription_stats, walhook.checkpoints, walhook.settings TO walhook_monitor;
+        GRANT SELECT ON walhook.instances TO walhook_monitor;
         GRANT SELECT (id, owner, events, target_url, filter, context, active, expires_at,
                       disabled_reason, created_at, updated_at) ON walhook.subscriptions TO walhook_monitor;
         GRANT SELECT (id, subscription_id, event_id, event_type, status, attempts, next_attempt_at,

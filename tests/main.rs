@@ -5,6 +5,7 @@
 mod api;
 mod capture;
 mod delivery;
+mod ops;
 mod security;
 mod subscriptions;
 mod support;

@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers), `/readyz` (capture is streaming) and `/metrics`
+//! `/healthz` (the process answers), `/readyz` (capture is streaming, retained WAL within
+//! `capture.max_retained_wal`) and `/metrics`
 //! (Prometheus text format). None needs a token.
 
 use std::fmt::Write;
@@ -19,8 +20,15 @@ pub async fn live() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: 200 while capture streams, else 503.
+/// Readiness: 200 while capture streams and retained WAL is within
+/// `capture.max_retained_wal`, else 503 with the reason.
 pub async fn ready(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Value>) {
+    if let Some(reason) = state.wal_alarm.reason() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": reason})),
+        );
+    }
     if state.capture.is_streaming() {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     } else {
