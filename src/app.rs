@@ -5,7 +5,9 @@
 //! gets every watched table) or trigger (outbox), completing a mode switch first when the
 //! configured mode differs from the installation's (see [`crate::switch`]) — then the REST
 //! API, the dispatcher and the retrier. The API stops taking
-//! requests when shutdown begins.
+//! requests when shutdown begins. The preflight checks ([`crate::ops::preflight`]) are
+//! logged before capture starts; the heartbeat ([`crate::ops::heartbeat`]) writes this
+//! instance's row until the end and deletes it last.
 //! Shutdown (SIGTERM/SIGINT or a definite capture error): the dispatcher stops taking changes,
 //! queues jobs not yet sent, lets requests in flight finish, acknowledges the final
 //! watermark; then capture sends its last status update and closes; then the retrier stops.

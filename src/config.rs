@@ -746,6 +746,55 @@ mod tests {
     }
 
     #[test]
+    fn max_retained_wal_heartbeat_and_log_settings() {
+        let url = "database_url = \"postgres://u@127.0.0.1/db\"\n";
+        let config = Config::from_toml(url).expect("defaults load");
+        assert_eq!(config.max_retained_wal().unwrap(), 1 << 30);
+        assert_eq!(
+            config.heartbeat_interval().unwrap(),
+            Duration::from_millis(2000)
+        );
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(config.log.filter(), "walhook=info");
+        for (value, bytes) in [
+            ("1073741824", 1u64 << 30),
+            ("\"512MB\"", 512 << 20),
+            ("\"512 MiB\"", 512 << 20),
+            ("\"100kB\"", 100 << 10),
+            ("\"2TB\"", 2 << 40),
+            ("\"4096\"", 4096),
+            ("\"10B\"", 10),
+        ] {
+            let config =
+                Config::from_toml(&format!("{url}[capture]\nmax_retained_wal = {value}\n"))
+                    .unwrap();
+            assert_eq!(config.max_retained_wal().unwrap(), bytes, "{value}");
+        }
+        for value in ["0", "\"1PB\"", "\"lots\"", "\"99999999999TB\""] {
+            let err = Config::from_toml(&format!("{url}[capture]\nmax_retained_wal = {value}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("configuration key capture.max_retained_wal: "),
+                "{value}: {err}"
+            );
+        }
+        let config = Config::from_toml(&format!(
+            "{url}[log]\nformat = \"json\"\nlevel = \"walhook=debug,tokio_postgres=info\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.log.filter(), "walhook=debug,tokio_postgres=info");
+        let err = Config::from_toml(&format!("{url}[ops]\nheartbeat_interval_ms = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "configuration key ops.heartbeat_interval_ms: 0 is out of range (1 to 3600000)"
+        );
+    }
+
+    #[test]
     fn unknown_environment_variables_warn_once_with_hints() {
         Jail::expect_with(|jail| {
             jail.set_env("WALHOOK_DATABASE_URL", "postgres://u@127.0.0.1/db");

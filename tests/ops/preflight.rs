@@ -324,3 +324,56 @@ async fn privileges_without_replication_fail() {
         )
     );
 }
+
+#[tokio::test]
+async fn an_invalidated_slot_fails() {
+    // A server of this test's own: a tiny max_slot_wal_keep_size invalidates every inactive
+    // slot on it.
+    let pg = tokio::task::spawn_blocking(walhook::localpg::LocalPostgres::start)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let server = crate::support::Server::of(&pg);
+    let db = TestDb::on(&server, "ops_pre_lost").await;
+    watched(&db).await;
+    for sql in [
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
+        "SELECT pg_reload_conf()",
+    ] {
+        db.exec(sql).await;
+    }
+    db.exec(&format!(
+        "SELECT pg_create_logical_replication_slot('{}', 'pgoutput')",
+        db.name
+    ))
+    .await;
+    db.exec("CREATE TABLE filler (pad text)").await;
+    let s = settings(&db, CaptureMode::Replication);
+    let start = std::time::Instant::now();
+    loop {
+        let c = check(&db, &s, "slot").await;
+        if c.level == Level::Fail {
+            assert_eq!(
+                c.message,
+                format!(
+                    "slot \"{}\" wal_status=lost: it was invalidated; the WAL it needed is gone",
+                    db.name
+                )
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "{c:?}"
+        );
+        // WAL past the limit, in new segments, then a checkpoint removes what the slot needed.
+        for sql in [
+            "INSERT INTO filler SELECT repeat(md5(g::text), 32) FROM generate_series(1, 2000) g",
+            "SELECT pg_switch_wal()",
+            "CHECKPOINT",
+        ] {
+            db.exec(sql).await;
+        }
+    }
+    drop(pg);
+}
