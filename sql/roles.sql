@@ -59,6 +59,7 @@ BEGIN
         GRANT USAGE ON SCHEMA walhook TO walhook_monitor;
         GRANT SELECT ON walhook.subscription_health, walhook.dead_letters, walhook.watched_tables,
             walhook.subscription_stats, walhook.checkpoints, walhook.settings TO walhook_monitor;
+        GRANT SELECT ON walhook.instances TO walhook_monitor;
         GRANT SELECT (id, owner, events, target_url, filter, context, active, expires_at,
                       disabled_reason, created_at, updated_at, batch_max, batch_window_ms, http2)
             ON walhook.subscriptions TO walhook_monitor;

@@ -5,7 +5,9 @@
 //! gets every watched table) or trigger (outbox), completing a mode switch first when the
 //! configured mode differs from the installation's (see [`crate::switch`]) — then the REST
 //! API, the dispatcher and the retrier. The API stops taking
-//! requests when shutdown begins.
+//! requests when shutdown begins. The preflight checks ([`crate::ops::preflight`]) are
+//! logged before capture starts; the heartbeat ([`crate::ops::heartbeat`]) writes this
+//! instance's row until the end and deletes it last.
 //! Shutdown (SIGTERM/SIGINT or a definite capture error): the dispatcher stops taking changes,
 //! queues jobs not yet sent, lets requests in flight finish, acknowledges the final
 //! watermark; then capture sends its last status update and closes; then the retrier stops.
@@ -22,6 +24,7 @@ use crate::database::DatabaseError;
 use crate::delivery::Delivery;
 use crate::delivery::client::{Sender, SenderError};
 use crate::delivery::queue::{self, Queue, QueueError};
+use crate::ops::{self, preflight};
 use crate::subscriptions::live::LiveRouting;
 use crate::subscriptions::store::{self, StoreError};
 use crate::switch::{self, Drain, SwitchError};
@@ -67,6 +70,33 @@ pub enum AppError {
     Task(String),
 }
 
+/// Logs the preflight checks for the configured mode (a failure to read them is a warning:
+/// start-up goes on, and capture reports its own errors).
+async fn preflight_at_start(
+    config: &Config,
+    database: &crate::database::Database,
+    max_retained_wal: u64,
+) {
+    let settings = preflight::Settings {
+        mode: config.capture.mode,
+        slot: config.capture.slot.clone(),
+        publication: config.capture.publication.clone(),
+        max_retained_wal,
+    };
+    let facts = match database.client().await {
+        Ok(client) => preflight::gather(&client, &settings).await,
+        Err(e) => Err(e.into()),
+    };
+    match facts {
+        Ok(facts) => preflight::log(&preflight::judge(
+            &facts,
+            &settings,
+            preflight::Context::Start,
+        )),
+        Err(e) => tracing::warn!(error = %e, "preflight checks could not be read"),
+    }
+}
+
 /// Runs the daemon until `shutdown` (or a definite capture error).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let database = config.database()?;
@@ -89,6 +119,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let tables: Vec<String> = config.tables.iter().map(|t| t.name.clone()).collect();
     store::watch_tables(&mut conn, &tables).await?;
     drop(conn);
+    let max_retained_wal = config.max_retained_wal()?;
+    preflight_at_start(&config, &database, max_retained_wal).await;
+    let wal_alarm = ops::WalAlarm::default();
     let listener = if config.api.enabled {
         let addr = config.api.listen;
         let listener = tokio::net::TcpListener::bind(addr)
@@ -148,6 +181,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             max_subscriptions_per_owner: config.api.max_subscriptions_per_owner,
             limiter: api::RateLimiter::new(config.api.rate_limit_per_minute),
             request_timeout: Duration::from_millis(config.api.request_timeout_ms),
+            wal_alarm: wal_alarm.clone(),
         });
         let listening = api::Listening {
             header_timeout: Duration::from_millis(config.api.header_timeout_ms),
@@ -173,6 +207,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             .clone()
             .run_retries(routing.clone(), background.clone()),
     );
+    let heartbeat_stop = CancellationToken::new();
+    let heartbeat = tokio::spawn(
+        ops::heartbeat::Heartbeat {
+            database: database.clone(),
+            interval: config.heartbeat_interval()?,
+            capture_mode: config.capture.mode,
+            slot: config.capture.slot.clone(),
+            max_retained_wal,
+            ack: capture.ack.clone(),
+            rates: delivery.rates(),
+            wal_alarm,
+        }
+        .run(heartbeat_stop.clone()),
+    );
     let ack = capture.ack.clone();
     let dispatcher = tokio::spawn(delivery.run(capture.changes, ack, routing, shutdown.clone()));
     tracing::info!("walhook running");
@@ -193,6 +241,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         None => task.await,
     };
     background.cancel();
+    heartbeat_stop.cancel();
+    heartbeat.await.map_err(|e| AppError::Task(e.to_string()))?;
     retrier.await.map_err(|e| AppError::Task(e.to_string()))?;
     purge.await.map_err(|e| AppError::Task(e.to_string()))?;
     if let Some(api_task) = api_task {

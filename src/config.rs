@@ -42,6 +42,97 @@ pub struct Config {
     /// Tables declared in the file, watched at start (`walhook.watch`).
     #[serde(default)]
     pub tables: Vec<TableSection>,
+    /// Operations: heartbeat rows.
+    pub ops: OpsSection,
+    /// Logging.
+    pub log: LogSection,
+}
+
+/// `[ops]`: what `walhook run` publishes for `walhook status`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsSection {
+    /// How often the heartbeat row is written (and retained WAL re-checked), in
+    /// milliseconds; a row older than three intervals counts as a dead instance.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `text` (human-readable, the default) or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// A level (`trace`, `debug`, `info`, `warn`, `error`, `off`) for walhook's own
+    /// messages, or a full filter (`walhook=debug,tokio_postgres=info`). `WALHOOK_LOG`, when
+    /// set, wins.
+    pub level: String,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogSection {
+    /// The tracing filter directive `level` stands for: a bare level applies to walhook's own
+    /// messages (`info` → `walhook=info`); anything else is used as written.
+    pub fn filter(&self) -> String {
+        let level = self.level.trim();
+        if level.contains('=') || level.contains(',') {
+            level.to_owned()
+        } else {
+            format!("walhook={level}")
+        }
+    }
+}
+
+/// A size in bytes in the configuration: a whole number of bytes (`1073741824`), or a number
+/// with a unit (`"512MB"`, `"1GiB"`, `"100kB"`). Units are binary, as in PostgreSQL's own
+/// settings: `kB`/`KiB` = 1024, `MB`/`MiB` = 1024², `GB`/`GiB` = 1024³, `TB`/`TiB` = 1024⁴;
+/// `B` or no unit is bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ByteSetting {
+    /// Whole bytes.
+    Bytes(u64),
+    /// A number followed by a unit.
+    Text(String),
+}
+
+impl ByteSetting {
+    /// The size in bytes, or why the value is unusable.
+    pub fn bytes(&self) -> Result<u64, String> {
+        let text = match self {
+            ByteSetting::Bytes(bytes) => return Ok(*bytes),
+            ByteSetting::Text(text) => text.trim(),
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let unit_bytes: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" | "kib" => 1 << 10,
+            "mb" | "mib" => 1 << 20,
+            "gb" | "gib" => 1 << 30,
+            "tb" | "tib" => 1 << 40,
+            _ => 0,
+        };
+        match number.parse::<u64>() {
+            Ok(n) if unit_bytes > 0 => n
+                .checked_mul(unit_bytes)
+                .ok_or_else(|| format!("{text:?} is too large")),
+            _ => Err(format!(
+                "{text:?} is not a size: use bytes or a number with B, kB, MB, GB or TB (\"1GiB\", \"512MB\")"
+            )),
+        }
+    }
 }
 
 /// `[delivery]`.
@@ -149,6 +240,9 @@ pub struct CaptureSection {
     pub reconnect_max_ms: u64,
     /// Trigger mode: read the outbox this often even without a notification.
     pub trigger_poll_ms: u64,
+    /// Retained WAL above this is a preflight WARN and makes `/readyz` answer 503: bytes, or
+    /// `"1GiB"`, `"512MB"` (see [`ByteSetting`]).
+    pub max_retained_wal: ByteSetting,
 }
 
 /// `[api]`: the REST hooks API served by `walhook run`.
@@ -332,6 +426,44 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.capture_config(self.database()?)?;
         self.delivery_config()?;
+        self.check_ops()?;
+        Ok(())
+    }
+
+    /// `capture.max_retained_wal` in bytes, validated (positive).
+    pub fn max_retained_wal(&self) -> Result<u64, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "capture.max_retained_wal",
+            message,
+        };
+        match self.capture.max_retained_wal.bytes().map_err(invalid)? {
+            0 => Err(invalid("must be positive".into())),
+            bytes => Ok(bytes),
+        }
+    }
+
+    /// `ops.heartbeat_interval_ms`, validated (1 ms to 1 hour).
+    pub fn heartbeat_interval(&self) -> Result<Duration, ConfigError> {
+        match self.ops.heartbeat_interval_ms {
+            ms @ 1..=3_600_000 => Ok(Duration::from_millis(ms)),
+            ms => Err(ConfigError::Invalid {
+                key: "ops.heartbeat_interval_ms",
+                message: format!("{ms} is out of range (1 to 3600000)"),
+            }),
+        }
+    }
+
+    /// Refuses `[ops]`, `[log]` and `capture.max_retained_wal` values that cannot work.
+    fn check_ops(&self) -> Result<(), ConfigError> {
+        self.max_retained_wal()?;
+        self.heartbeat_interval()?;
+        let filter = self.log.filter();
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&filter)
+            .map_err(|e| ConfigError::Invalid {
+                key: "log.level",
+                message: format!("{:?} is not a level or filter: {e}", self.log.level),
+            })?;
         Ok(())
     }
 
@@ -611,6 +743,55 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn max_retained_wal_heartbeat_and_log_settings() {
+        let url = "database_url = \"postgres://u@127.0.0.1/db\"\n";
+        let config = Config::from_toml(url).expect("defaults load");
+        assert_eq!(config.max_retained_wal().unwrap(), 1 << 30);
+        assert_eq!(
+            config.heartbeat_interval().unwrap(),
+            Duration::from_millis(2000)
+        );
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(config.log.filter(), "walhook=info");
+        for (value, bytes) in [
+            ("1073741824", 1u64 << 30),
+            ("\"512MB\"", 512 << 20),
+            ("\"512 MiB\"", 512 << 20),
+            ("\"100kB\"", 100 << 10),
+            ("\"2TB\"", 2 << 40),
+            ("\"4096\"", 4096),
+            ("\"10B\"", 10),
+        ] {
+            let config =
+                Config::from_toml(&format!("{url}[capture]\nmax_retained_wal = {value}\n"))
+                    .unwrap();
+            assert_eq!(config.max_retained_wal().unwrap(), bytes, "{value}");
+        }
+        for value in ["0", "\"1PB\"", "\"lots\"", "\"99999999999TB\""] {
+            let err = Config::from_toml(&format!("{url}[capture]\nmax_retained_wal = {value}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("configuration key capture.max_retained_wal: "),
+                "{value}: {err}"
+            );
+        }
+        let config = Config::from_toml(&format!(
+            "{url}[log]\nformat = \"json\"\nlevel = \"walhook=debug,tokio_postgres=info\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.log.filter(), "walhook=debug,tokio_postgres=info");
+        let err = Config::from_toml(&format!("{url}[ops]\nheartbeat_interval_ms = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "configuration key ops.heartbeat_interval_ms: 0 is out of range (1 to 3600000)"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! src/subscriptions/ diesel schema + store (migrations, sql/), routing index, live reload
 //! src/delivery/      dispatcher (per-row chains, watermark), sender, signing, SSRF guard,
 //!                    retry policy, queue table and retrier
+//! src/ops/          walhook status, heartbeat rows (walhook.instances), preflight checks
 //! src/switch.rs      capture-mode switches split at the switch LSN (nothing lost or repeated)
 //! src/table_names.rs how a table named in the config is found (exact names, then SQL syntax)
 //! src/lsn.rs         WAL positions
@@ -48,6 +49,7 @@ pub mod demo;
 pub mod events;
 pub mod localpg;
 pub mod lsn;
+pub mod ops;
 pub mod pgoutput;
 pub mod subscriptions;
 pub mod switch;

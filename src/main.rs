@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use walhook::change::CaptureMessage;
-use walhook::config::{Config, TableSection};
+use walhook::config::{Config, LogFormat, LogSection, TableSection};
 
 /// mimalloc: the delivery path allocates and frees small buffers across threads, where glibc
 /// malloc spent a third of walhook's CPU (docs/benchmarks.md).
@@ -36,6 +36,14 @@ enum Command {
     /// Create or upgrade walhook's schema (diesel migrations, then sql/walhook.sql); safe to
     /// run repeatedly and from several processes at once.
     Migrate,
+    /// Capture state, slot lag, retained WAL, queue depths, failing subscriptions and the
+    /// preflight checks, from the database alone (works with no daemon running). Exit code
+    /// 0 healthy, 1 warning, 2 failing.
+    Status {
+        /// Print JSON (every field is described in docs/operations.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage REST API tokens.
     Token {
         #[command(subcommand)]
@@ -85,16 +93,73 @@ enum TokenCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WALHOOK_LOG")
-                .unwrap_or_else(|_| "walhook=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let json_logs = std::sync::atomic::AtomicBool::new(false);
+    let result = command(cli, &json_logs).await;
+    match result {
+        // With JSON logs, even the final error is a JSON line.
+        Err(e) if json_logs.load(std::sync::atomic::Ordering::Relaxed) => {
+            tracing::error!(error = format!("{e:#}"), "walhook failed");
+            std::process::exit(1)
+        }
+        other => other,
+    }
+}
+
+/// Sets up logging on stderr: `WALHOOK_LOG` when set (a tracing filter), else `log.level`;
+/// `log.format` text or JSON (one object per line, event fields at the top level). Without a
+/// configuration (it failed to load, or the command needs none): text at `walhook=info`.
+fn init_logging(log: Option<&LogSection>) {
+    let configured = log.map_or_else(|| "walhook=info".to_owned(), LogSection::filter);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WALHOOK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(configured));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.map(|l| l.format) {
+        Some(LogFormat::Json) => builder.json().flatten_event(true).init(),
+        _ => builder.init(),
+    }
+}
+
+async fn command(cli: Cli, json_logs: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
+    let load = |file: Option<&std::path::Path>| -> anyhow::Result<Config> {
+        let config = load(file)?;
+        json_logs.store(
+            config.log.format == LogFormat::Json,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(config)
+    };
     match cli.command {
-        Command::Demo => walhook::demo::run(std::io::stdout()).await,
+        Command::Demo => {
+            init_logging(None);
+            walhook::demo::run(std::io::stdout()).await
+        }
+        Command::Status { json } => {
+            let config = load(cli.config.as_deref())?;
+            match walhook::ops::status::Status::read(&config).await {
+                Ok(status) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&status)?);
+                    } else {
+                        print!("{}", status.to_table());
+                    }
+                    std::io::stdout().flush()?;
+                    std::process::exit(status.exit_code)
+                }
+                Err(e) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"health": "failing", "exit_code": 2, "error": e.to_string()})
+                        );
+                    }
+                    eprintln!("walhook status: {e}");
+                    std::process::exit(2)
+                }
+            }
+        }
         Command::Run => {
             let config = load(cli.config.as_deref())?;
             let shutdown = CancellationToken::new();
@@ -169,9 +234,17 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Loads the configuration and logs its warnings (tracing runs by now).
+/// Loads the configuration, sets up logging from it, and logs its warnings. When it cannot be
+/// loaded, logging is set up with the defaults and the error returned (main prints it).
 fn load(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    let (config, warnings) = Config::load(file)?;
+    let (config, warnings) = match Config::load(file) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            init_logging(None);
+            return Err(e.into());
+        }
+    };
+    init_logging(Some(&config.log));
     for warning in warnings {
         tracing::warn!("{warning}");
     }

@@ -6,6 +6,7 @@ mod api;
 mod batch;
 mod capture;
 mod delivery;
+mod ops;
 mod security;
 mod standby;
 mod subscriptions;

@@ -1,5 +1,6 @@
-//! `/healthz` (the process answers), `/readyz` (capture is streaming; the body names this
-//! instance's role, e.g. `standby`) and `/metrics`
+//! `/healthz` (the process answers), `/readyz` (capture is streaming, retained WAL within
+//! `capture.max_retained_wal`; the body names this instance's role, e.g. `standby`) and
+//! `/metrics`
 //! (Prometheus text format). None needs a token.
 
 use std::fmt::Write;
@@ -21,11 +22,18 @@ pub async fn live() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: 200 while capture streams, else 503; `role` names what this instance's capture
-/// does (`starting`, `streaming`, `standby`, `reconnecting`). A standby serves the API and
-/// retries but is not ready: readiness means "this instance streams".
+/// Readiness: 200 while capture streams and retained WAL is within
+/// `capture.max_retained_wal`, else 503 with the reason; `role` names what this instance's
+/// capture does (`starting`, `streaming`, `standby`, `reconnecting`). A standby serves the
+/// API and retries but is not ready: readiness means "this instance streams".
 pub async fn ready(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Value>) {
     let role = state.capture.role();
+    if let Some(reason) = state.wal_alarm.reason() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "role": role.as_str(), "reason": reason})),
+        );
+    }
     match role {
         Role::Streaming => (
             StatusCode::OK,

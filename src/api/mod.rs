@@ -73,6 +73,8 @@ pub struct ApiState {
     pub limiter: RateLimiter,
     /// Longest time one request may take.
     pub request_timeout: Duration,
+    /// Raised while the slot retains more WAL than `capture.max_retained_wal` (`/readyz` 503).
+    pub wal_alarm: crate::ops::WalAlarm,
 }
 
 /// How the listener treats connections.

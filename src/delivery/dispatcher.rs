@@ -85,6 +85,7 @@ impl Delivery {
                     Some(CaptureMessage::Change(change)) => {
                         let Some(watch) = snapshot.watch_table(&change.table) else { continue };
                         let Some(event) = Event::from_change(change, watch) else { continue };
+                        self.rates.event();
                         let event = Arc::new(event);
                         let now = chrono::Utc::now().timestamp_micros();
                         for route in snapshot.route(&event, now) {

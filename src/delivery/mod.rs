@@ -59,6 +59,7 @@ use client::Sender;
 use queue::Queue;
 use retry::{Outcome, RetryPolicy};
 
+use crate::ops::Rates;
 use crate::subscriptions::live::LiveRouting;
 
 pub use spill::MAX_QUEUED_ROWS_TRACKED;
@@ -146,6 +147,8 @@ pub struct Delivery {
     held_in_flight: AtomicUsize,
     /// The live routing index, for subscriptions deactivated here.
     routing: LiveRouting,
+    /// Events routed and deliveries made, for the heartbeat's rates.
+    rates: Arc<Rates>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -174,6 +177,7 @@ impl Delivery {
             draining: CancellationToken::new(),
             held_in_flight: AtomicUsize::new(0),
             routing,
+            rates: Arc::default(),
         });
         for (sub, key) in pending {
             let state = delivery.sub(sub);
@@ -190,6 +194,11 @@ impl Delivery {
             }
         }
         Ok(delivery)
+    }
+
+    /// The counters of events routed and successful deliveries (for `walhook status`).
+    pub fn rates(&self) -> Arc<Rates> {
+        self.rates.clone()
     }
 
     fn sub(&self, id: Uuid) -> Arc<SubState> {
@@ -222,6 +231,7 @@ impl Delivery {
         };
         match outcome {
             Outcome::Delivered => {
+                self.rates.delivered();
                 if sub.failing.swap(false, Ordering::AcqRel) {
                     sub.breaker.close();
                     self.logged(self.queue.record_success(id).await);
