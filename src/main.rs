@@ -119,7 +119,10 @@ async fn main() -> anyhow::Result<()> {
             let mut config = load(cli.config.as_deref())?;
             config
                 .tables
-                .extend(tables.into_iter().map(|name| TableSection { name }));
+                .extend(tables.into_iter().map(|name| TableSection {
+                    name,
+                    ..TableSection::default()
+                }));
             tail(config).await
         }
     }

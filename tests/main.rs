@@ -5,6 +5,7 @@
 mod api;
 mod capture;
 mod delivery;
+mod payload;
 mod security;
 mod subscriptions;
 mod support;
