@@ -67,6 +67,8 @@ struct Operand {
 /// How a JSON value compares (strings are compared from the value itself).
 #[derive(Debug, Clone, PartialEq)]
 enum Scalar {
+    /// A number that fits an i64 (the common case, compared without allocating).
+    Int(i64),
     Number(Decimal),
     Instant(i64, u32),
     Text,
@@ -76,9 +78,10 @@ enum Scalar {
 impl Scalar {
     fn of(value: &Value) -> Scalar {
         match value {
-            Value::Number(n) => {
-                Decimal::parse(&n.to_string()).map_or(Scalar::Other, Scalar::Number)
-            }
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Scalar::Int(i),
+                None => Decimal::parse(n.as_str()).map_or(Scalar::Other, Scalar::Number),
+            },
             Value::String(s) => {
                 instant(s).map_or(Scalar::Text, |(secs, nanos)| Scalar::Instant(secs, nanos))
             }
@@ -237,8 +240,13 @@ fn passes(test: &Test, got: &Value, scalar: &mut Option<Scalar>) -> bool {
 /// JSON equality with numbers by value and timestamps as instants.
 fn equal(got: &Value, scalar: &mut Option<Scalar>, wanted: &Operand) -> bool {
     match (&wanted.scalar, got) {
-        (Scalar::Number(_), Value::Number(n)) if Some(n) == wanted.value.as_number() => true,
-        (Scalar::Number(_), Value::Number(_)) | (Scalar::Instant(..), Value::String(_)) => {
+        (Scalar::Int(_) | Scalar::Number(_), Value::Number(n))
+            if Some(n) == wanted.value.as_number() =>
+        {
+            true
+        }
+        (Scalar::Int(_) | Scalar::Number(_), Value::Number(_))
+        | (Scalar::Instant(..), Value::String(_)) => {
             let mine = scalar.get_or_insert_with(|| Scalar::of(got));
             order(got, mine, &wanted.value, &wanted.scalar) == Some(Ordering::Equal)
         }
@@ -249,7 +257,10 @@ fn equal(got: &Value, scalar: &mut Option<Scalar>, wanted: &Operand) -> bool {
 /// The order of two values of the same kind; `None` across kinds.
 fn order(a: &Value, a_scalar: &Scalar, b: &Value, b_scalar: &Scalar) -> Option<Ordering> {
     match (a_scalar, b_scalar) {
+        (Scalar::Int(x), Scalar::Int(y)) => Some(x.cmp(y)),
         (Scalar::Number(x), Scalar::Number(y)) => Some(x.cmp(y)),
+        (Scalar::Int(x), Scalar::Number(y)) => Some(Decimal::parse(&x.to_string())?.cmp(y)),
+        (Scalar::Number(x), Scalar::Int(y)) => Some(x.cmp(&Decimal::parse(&y.to_string())?)),
         (Scalar::Instant(s1, n1), Scalar::Instant(s2, n2)) => Some((s1, n1).cmp(&(s2, n2))),
         (Scalar::Text | Scalar::Instant(..), Scalar::Text | Scalar::Instant(..)) => {
             Some(a.as_str()?.cmp(b.as_str()?))
