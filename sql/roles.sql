@@ -50,7 +50,8 @@ BEGIN
                  WHERE p.pronamespace = 'walhook'::regnamespace
                    AND p.proname = ANY (ARRAY['watch', 'unwatch', 'subscribe', 'unsubscribe', 'redeliver',
                        'event_pattern_valid', 'new_secret', 'address_forbidden', 'embedded_ipv4',
-                       'target_host', 'host_ipv4', 'target_allowed', 'header_forbidden', 'secret_valid']) LOOP
+                       'target_host', 'host_ipv4', 'target_allowed', 'header_forbidden', 'secret_valid',
+                       'filter_problem']) LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO walhook_admin', f.sig);
         END LOOP;
     END IF;

@@ -245,6 +245,60 @@ EXCEPTION WHEN others THEN
 END
 $$;
 
+-- What is wrong with a subscription filter (NULL when nothing): the one validation of the
+-- filter language (docs/events.md), for SQL writes and the REST API alike (both go through
+-- check_subscription). Names the column and the operator at fault. `nested` is set inside
+-- "$previous", where "$" keys are not allowed.
+CREATE OR REPLACE FUNCTION walhook.filter_problem(filter jsonb, nested boolean DEFAULT false) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    entry record;
+    op record;
+    problem text;
+BEGIN
+    FOR entry IN SELECT e.key, e.value FROM jsonb_each(filter) e ORDER BY e.key LOOP
+        IF entry.key = '$changed' AND NOT nested THEN
+            IF jsonb_typeof(entry.value) <> 'array' OR jsonb_array_length(entry.value) = 0
+               OR EXISTS (SELECT 1 FROM jsonb_array_elements(entry.value) x WHERE jsonb_typeof(x) <> 'string') THEN
+                RETURN format('"$changed" must be a non-empty array of column names, got %s', entry.value);
+            END IF;
+        ELSIF entry.key = '$previous' AND NOT nested THEN
+            IF jsonb_typeof(entry.value) <> 'object' THEN
+                RETURN format('"$previous" must be an object of column conditions, got %s', entry.value);
+            END IF;
+            problem := walhook.filter_problem(entry.value, true);
+            IF problem IS NOT NULL THEN
+                RETURN '"$previous": ' || problem;
+            END IF;
+        ELSIF left(entry.key, 1) = '$' THEN
+            RETURN format('%s is not a filter key (%s)', to_jsonb(entry.key),
+                          CASE WHEN nested THEN 'inside "$previous" only column conditions are allowed'
+                               ELSE 'the keys starting with $ are "$changed" and "$previous"' END);
+        ELSIF jsonb_typeof(entry.value) = 'object' THEN
+            IF entry.value = '{}'::jsonb THEN
+                RETURN format('%s: an operator object needs at least one of eq, ne, gt, gte, lt, lte, in, nin, null, prefix', to_jsonb(entry.key));
+            END IF;
+            FOR op IN SELECT o.key, o.value, jsonb_typeof(o.value) AS kind FROM jsonb_each(entry.value) o ORDER BY o.key LOOP
+                IF op.key NOT IN ('eq', 'ne', 'gt', 'gte', 'lt', 'lte', 'in', 'nin', 'null', 'prefix') THEN
+                    RETURN format('%s: unknown operator %s (use eq, ne, gt, gte, lt, lte, in, nin, null or prefix)', to_jsonb(entry.key), to_jsonb(op.key));
+                ELSIF op.key IN ('gt', 'gte', 'lt', 'lte') AND op.kind NOT IN ('number', 'string') THEN
+                    RETURN format('%s: operator %s needs a number or a string, got %s', to_jsonb(entry.key), to_jsonb(op.key), op.value);
+                ELSIF op.key IN ('in', 'nin') AND op.kind <> 'array' THEN
+                    RETURN format('%s: operator %s needs an array, got %s', to_jsonb(entry.key), to_jsonb(op.key), op.value);
+                ELSIF op.key = 'null' AND op.kind <> 'boolean' THEN
+                    RETURN format('%s: operator "null" needs true or false, got %s', to_jsonb(entry.key), op.value);
+                ELSIF op.key = 'prefix' AND op.kind <> 'string' THEN
+                    RETURN format('%s: operator "prefix" needs a string, got %s', to_jsonb(entry.key), op.value);
+                END IF;
+            END LOOP;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
 -- Validates every write to walhook.subscriptions, by function or by plain SQL, with messages
 -- that name the column.
 CREATE OR REPLACE FUNCTION walhook.check_subscription() RETURNS trigger
@@ -291,6 +345,12 @@ BEGIN
     IF NEW.filter IS NULL OR jsonb_typeof(NEW.filter) <> 'object' THEN
         RAISE EXCEPTION 'walhook.subscriptions.filter must be a JSON object (column → value or array of values), got %', coalesce(NEW.filter::text, 'NULL')
             USING ERRCODE = 'check_violation', COLUMN = 'filter';
+    END IF;
+    reason := walhook.filter_problem(NEW.filter);
+    IF reason IS NOT NULL THEN
+        RAISE EXCEPTION 'walhook.subscriptions.filter: %', reason
+            USING ERRCODE = 'check_violation', COLUMN = 'filter',
+                  HINT = 'a column maps to a value, an array of values, or operators among eq, ne, gt, gte, lt, lte, in, nin, null, prefix; "$changed" lists columns, "$previous" holds conditions on the old row';
     END IF;
     IF NEW.headers IS NULL OR jsonb_typeof(NEW.headers) <> 'object'
        OR EXISTS (SELECT 1 FROM jsonb_each(NEW.headers) h WHERE jsonb_typeof(h.value) <> 'string') THEN
@@ -386,7 +446,15 @@ DECLARE
     hidden text[] := coalesce(TG_ARGV, '{}');
     source_schema text := TG_TABLE_SCHEMA;
     source_table text := TG_TABLE_NAME;
+    source_relid oid := TG_RELID;
     ancestor record;
+    shape record;
+    op text := TG_OP;
+    old_in boolean;
+    new_in boolean;
+    old_row jsonb;
+    new_row jsonb;
+    keep text[];
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_cast c WHERE c.castsource >= 16384::oid AND c.casttarget = 'json'::regtype)
        AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND a.atttypid >= 16384::oid) THEN
@@ -396,7 +464,7 @@ BEGIN
     -- A partition's change is recorded as its topmost watched ancestor's (itself included),
     -- as replication publishes it via the partition root. NULL for tables outside a tree.
     IF pg_partition_root(TG_RELID)::oid <> TG_RELID THEN
-        SELECT n.nspname, c.relname INTO ancestor
+        SELECT n.nspname, c.relname, a.relid::oid AS relid INTO ancestor
         FROM pg_partition_ancestors(TG_RELID) WITH ORDINALITY a(relid, depth)
         JOIN walhook.watched_tables w ON w.relid = a.relid::oid
         JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -404,13 +472,59 @@ BEGIN
         IF FOUND THEN
             source_schema := ancestor.nspname;
             source_table := ancestor.relname;
+            source_relid := ancestor.relid;
         END IF;
     END IF;
+    -- A first argument '' (no column has that name) marks a watch with columns, exclusions
+    -- or a row filter: they are read from the watch itself (never from trigger arguments,
+    -- which anyone creating a trigger could choose), so a column added later stays out of an
+    -- allow-list. The row filter is applied as publication row filters are: an UPDATE whose
+    -- old row passes and new row does not is recorded as a DELETE, the reverse as an INSERT.
+    IF TG_NARGS > 0 AND TG_ARGV[0] = '' AND TG_LEVEL = 'ROW' THEN
+        hidden := coalesce(TG_ARGV[1:TG_NARGS - 1], '{}'); -- TG_ARGV counts from 0
+        SELECT w.columns, w.exclude_columns, w.row_filter INTO shape
+        FROM walhook.watched_tables w WHERE w.relid = source_relid;
+        IF FOUND THEN
+            hidden := hidden || shape.exclude_columns;
+            keep := shape.columns;
+            IF shape.row_filter IS NOT NULL THEN
+                IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                    EXECUTE 'SELECT coalesce((SELECT ' || shape.row_filter || ' FROM (SELECT ($1).*) AS t), false)'
+                        INTO new_in USING NEW;
+                END IF;
+                IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                    EXECUTE 'SELECT coalesce((SELECT ' || shape.row_filter || ' FROM (SELECT ($1).*) AS t), false)'
+                        INTO old_in USING OLD;
+                END IF;
+                op := CASE
+                    WHEN TG_OP = 'INSERT' AND new_in THEN 'INSERT'
+                    WHEN TG_OP = 'DELETE' AND old_in THEN 'DELETE'
+                    WHEN TG_OP = 'UPDATE' AND old_in AND new_in THEN 'UPDATE'
+                    WHEN TG_OP = 'UPDATE' AND old_in THEN 'DELETE'
+                    WHEN TG_OP = 'UPDATE' AND new_in THEN 'INSERT'
+                END;
+                IF op IS NULL THEN
+                    RETURN NULL;
+                END IF;
+            END IF;
+        END IF;
+    END IF;
+    IF op IN ('UPDATE', 'DELETE') THEN
+        old_row := to_jsonb(OLD) - hidden;
+    END IF;
+    IF op IN ('INSERT', 'UPDATE') THEN
+        new_row := to_jsonb(NEW) - hidden;
+    END IF;
+    IF keep IS NOT NULL THEN
+        old_row := (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}') FROM jsonb_each(old_row) e
+                    WHERE e.key = ANY (keep));
+        new_row := (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}') FROM jsonb_each(new_row) e
+                    WHERE e.key = ANY (keep));
+        old_row := CASE WHEN op IN ('UPDATE', 'DELETE') THEN old_row END;
+        new_row := CASE WHEN op IN ('INSERT', 'UPDATE') THEN new_row END;
+    END IF;
     INSERT INTO walhook.outbox (schema_name, table_name, op, old_row, new_row, committed_at)
-    VALUES (source_schema, source_table, TG_OP,
-            CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) - hidden END,
-            CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) - hidden END,
-            clock_timestamp());
+    VALUES (source_schema, source_table, op, old_row, new_row, clock_timestamp());
     PERFORM pg_notify('walhook_outbox', '');
     RETURN NULL;
 END
@@ -438,6 +552,8 @@ DECLARE
     ops text[];
     hidden text;
     part regclass;
+    shape walhook.watched_tables;
+    shaped boolean;
 BEGIN
     PERFORM walhook.remove_capture(tbl);
     IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = 'walhook_capture') THEN
@@ -448,12 +564,22 @@ BEGIN
             EXECUTE format('DROP TRIGGER walhook_capture ON %s', part);
         END IF;
     END LOOP;
+    SELECT * INTO shape FROM walhook.watched_tables w WHERE w.relid = tbl::oid;
+    shaped := FOUND AND (shape.columns IS NOT NULL OR cardinality(shape.exclude_columns) > 0
+                         OR shape.row_filter IS NOT NULL);
     ops := array_remove(ARRAY[
         CASE WHEN 'created' = ANY (verbs) THEN 'INSERT' END,
         CASE WHEN 'updated' = ANY (verbs) THEN 'UPDATE' END,
         CASE WHEN 'deleted' = ANY (verbs) THEN 'DELETE' END], NULL);
+    -- With a row filter an UPDATE can become an INSERT or a DELETE (see capture_row).
+    IF shaped AND shape.row_filter IS NOT NULL AND cardinality(ops) > 0 THEN
+        ops := ARRAY['INSERT', 'UPDATE', 'DELETE'];
+    END IF;
     SELECT string_agg(quote_literal(attname), ', ' ORDER BY attnum) INTO hidden
     FROM pg_attribute WHERE attrelid = tbl AND attnum > 0 AND NOT attisdropped AND attgenerated <> '';
+    IF shaped THEN
+        hidden := concat_ws(', ', '''''', hidden);
+    END IF;
     IF cardinality(ops) > 0 THEN
         EXECUTE format('CREATE TRIGGER walhook_capture AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION walhook.capture_row(%s)',
                        array_to_string(ops, ' OR '), tbl, coalesce(hidden, ''));
@@ -556,11 +682,162 @@ $$;
 -- are the parent's events. The watch follows the table's OID (relid) through renames.
 -- SECURITY DEFINER, so a walhook_admin that does not own the table can set its replica
 -- identity, publish it and install capture triggers; check_watcher requires it can read it.
+-- The columns that identify a row to logical replication: the replica identity index's (or
+-- the primary key's), NULL for REPLICA IDENTITY FULL (every column), empty for NOTHING.
+CREATE OR REPLACE FUNCTION walhook.identity_columns(tbl regclass) RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE c.relreplident
+        WHEN 'f' THEN NULL
+        WHEN 'n' THEN '{}'::text[]
+        ELSE coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum)
+                       FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                       WHERE i.indrelid = tbl AND CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END),
+                      '{}')
+        END
+    FROM pg_class c WHERE c.oid = tbl
+$$;
+
+-- Checks a row filter for walhook.watch() and returns PostgreSQL's own text of it: the
+-- predicate is given to a throwaway publication (dropped at once), so it is refused with
+-- PostgreSQL's message exactly where a publication's WHERE would refuse it (unknown columns,
+-- mutable or user-defined functions, subqueries…). No `;` is accepted, so the text is one
+-- expression inside one statement. Unless the table has REPLICA IDENTITY FULL, the columns
+-- it uses must be in the replica identity: PostgreSQL would otherwise refuse the table's
+-- UPDATE and DELETE once it is published with the filter.
+CREATE OR REPLACE FUNCTION walhook.check_row_filter(tbl regclass, predicate text) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp SET client_min_messages = error
+AS $$
+DECLARE
+    probe text := 'walhook_probe_' || pg_backend_pid();
+    probe_rel oid;
+    canonical text;
+    identity text[] := walhook.identity_columns(tbl);
+    outside text;
+BEGIN
+    IF predicate IS NULL OR btrim(predicate) = '' THEN
+        RAISE EXCEPTION 'walhook.watch: "where" must be an SQL predicate on the columns of %, e.g. ''tenant_id <> 0''', tbl
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF current_setting('server_version_num')::integer < 150000 THEN
+        RAISE EXCEPTION 'walhook.watch: "where" needs PostgreSQL 15 or later (publication row filters)'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF position(';' in predicate) > 0 THEN
+        RAISE EXCEPTION 'walhook.watch: "where" must be one SQL predicate, without ";"'
+            USING ERRCODE = 'syntax_error';
+    END IF;
+    EXECUTE format('CREATE PUBLICATION %I FOR TABLE %s WHERE (%s)', probe, tbl, predicate);
+    SELECT pr.oid, pg_get_expr(pr.prqual, pr.prrelid) INTO probe_rel, canonical
+    FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+    WHERE p.pubname = probe AND pr.prrelid = tbl;
+    IF (SELECT count(*) FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = probe) <> 1 THEN
+        RAISE EXCEPTION 'walhook.watch: "where" must be one SQL predicate on the columns of %', tbl
+            USING ERRCODE = 'syntax_error';
+    END IF;
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO outside
+    FROM pg_depend d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+    WHERE d.classid = 'pg_publication_rel'::regclass AND d.objid = probe_rel
+      AND d.refobjid = tbl AND d.refobjsubid > 0
+      AND identity IS NOT NULL AND NOT (a.attname::text = ANY (identity));
+    EXECUTE format('DROP PUBLICATION %I', probe);
+    IF outside IS NOT NULL THEN
+        RAISE EXCEPTION 'walhook.watch: the row filter of % uses %, which is not part of its replica identity, so PostgreSQL would refuse the table''s UPDATE and DELETE', tbl, outside
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'watch it with full_identity => true (REPLICA IDENTITY FULL), or filter on key columns only';
+    END IF;
+    RETURN canonical;
+END
+$$;
+
+-- Puts one watched table into walhook's publication as its watch says (no-op when the
+-- publication does not exist yet, or already matches); returns what it set, NULL when it
+-- changed nothing. The one place the publication's entry for a table is written (watch(),
+-- reconcile_watches() and the daemon's start call it):
+--   column list  only the visible columns, when the watch hides some AND the replica identity
+--                is not FULL AND the list covers the identity (PostgreSQL refuses UPDATE and
+--                DELETE otherwise); else none, and the daemon drops hidden columns itself;
+--   row filter   the watch's row_filter.
+-- PostgreSQL has no statement that changes one table's entry, so it is dropped and added
+-- again in this transaction (decoding sees one or the other, never neither).
+CREATE OR REPLACE FUNCTION walhook.publish_table(tbl regclass) RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    pub text;
+    w walhook.watched_tables;
+    identity text[];
+    want_attrs text;
+    visible text[];
+    have record;
+BEGIN
+    SELECT value INTO pub FROM walhook.settings WHERE name = 'publication';
+    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = pub) THEN
+        RETURN NULL;
+    END IF;
+    -- One writer at a time (the daemon's start, reconcile_watches() and watch() may run at
+    -- once): a second caller waits, then sees the entry the first one wrote.
+    PERFORM pg_advisory_xact_lock(hashtext('walhook.publish_table'));
+    SELECT * INTO w FROM walhook.watched_tables x WHERE x.relid = tbl::oid;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF current_setting('server_version_num')::integer < 150000 THEN
+        -- No column lists or row filters before PostgreSQL 15 (watch() refuses "where" there;
+        -- hidden columns are dropped by the daemon): the table is published whole.
+        IF NOT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                       WHERE p.pubname = pub AND pr.prrelid = tbl) THEN
+            EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', pub, tbl);
+            RETURN format('%s in publication %I', tbl, pub);
+        END IF;
+        RETURN NULL;
+    END IF;
+    identity := walhook.identity_columns(tbl);
+    IF (w.columns IS NOT NULL OR cardinality(w.exclude_columns) > 0) AND identity IS NOT NULL THEN
+        SELECT string_agg(a.attnum::text, ' ' ORDER BY a.attnum), array_agg(a.attname::text ORDER BY a.attnum)
+        INTO want_attrs, visible
+        FROM pg_attribute a
+        WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+          AND (w.columns IS NULL OR a.attname::text = ANY (w.columns))
+          AND NOT (a.attname::text = ANY (w.exclude_columns));
+        IF visible IS NULL OR NOT identity <@ visible THEN
+            want_attrs := NULL;
+            visible := NULL;
+        END IF;
+    END IF;
+    SELECT pr.prattrs::text AS attrs, pg_get_expr(pr.prqual, pr.prrelid) AS qual INTO have
+    FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+    WHERE p.pubname = pub AND pr.prrelid = tbl;
+    IF FOUND AND have.attrs IS NOT DISTINCT FROM want_attrs AND have.qual IS NOT DISTINCT FROM w.row_filter THEN
+        RETURN NULL;
+    END IF;
+    IF FOUND THEN
+        EXECUTE format('ALTER PUBLICATION %I DROP TABLE %s', pub, tbl);
+    END IF;
+    EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s%s%s', pub, tbl,
+                   CASE WHEN visible IS NOT NULL
+                        THEN ' (' || (SELECT string_agg(quote_ident(v), ', ') FROM unnest(visible) v) || ')' ELSE '' END,
+                   CASE WHEN w.row_filter IS NOT NULL THEN ' WHERE (' || w.row_filter || ')' ELSE '' END);
+    RETURN format('%s in publication %I: columns %s, rows %s', tbl, pub,
+                  coalesce(array_to_string(visible, ', '), 'all'), coalesce(w.row_filter, 'all'));
+END
+$$;
+
+-- The 4-argument watch() of earlier versions: replaced by the one below (one function, so
+-- calls with named or positional arguments stay unambiguous).
+DROP FUNCTION IF EXISTS walhook.watch(regclass, text, text[], boolean);
+
 CREATE OR REPLACE FUNCTION walhook.watch(
     tbl regclass,
     noun text DEFAULT NULL,
     verbs text[] DEFAULT NULL,
-    full_identity boolean DEFAULT true
+    full_identity boolean DEFAULT true,
+    columns text[] DEFAULT NULL,
+    exclude_columns text[] DEFAULT NULL,
+    "where" text DEFAULT NULL
 ) RETURNS walhook.watched_tables
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -574,6 +851,8 @@ DECLARE
     pub text;
     part regclass;
     suggestion text;
+    unknown text;
+    chosen_filter text;
     result walhook.watched_tables;
 BEGIN
     PERFORM walhook.check_watcher(tbl, 'walhook.watch');
@@ -623,11 +902,34 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'add a primary key, or call walhook.watch(..., full_identity => true)';
     END IF;
-    INSERT INTO walhook.watched_tables AS w (schema_name, table_name, noun, verbs, full_identity, relid)
-    VALUES (rel.nspname, rel.relname, chosen_noun, chosen_verbs, full_identity, tbl)
+    -- Columns and row filter: names checked against the table, the predicate by PostgreSQL.
+    IF watch.columns IS NOT NULL AND cardinality(watch.exclude_columns) > 0 THEN
+        RAISE EXCEPTION 'walhook.watch: pass columns or exclude_columns, not both'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF watch.columns IS NOT NULL AND cardinality(watch.columns) = 0 THEN
+        RAISE EXCEPTION 'walhook.watch: columns must name at least one column of %', rel.qualified
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(coalesce(quote_ident(x), 'NULL'), ', ') INTO unknown
+    FROM unnest(coalesce(watch.columns, '{}') || coalesce(watch.exclude_columns, '{}')) AS x
+    WHERE x IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl AND a.attnum > 0
+                                   AND NOT a.attisdropped AND a.attname::text = x);
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'walhook.watch: table % has no column %', rel.qualified, unknown
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    IF watch."where" IS NOT NULL THEN
+        chosen_filter := walhook.check_row_filter(tbl, watch."where");
+    END IF;
+    INSERT INTO walhook.watched_tables AS w (schema_name, table_name, noun, verbs, full_identity, relid,
+                                             columns, exclude_columns, row_filter)
+    VALUES (rel.nspname, rel.relname, chosen_noun, chosen_verbs, full_identity, tbl,
+            watch.columns, coalesce(watch.exclude_columns, '{}'), chosen_filter)
     ON CONFLICT (schema_name, table_name) DO UPDATE
         SET noun = EXCLUDED.noun, verbs = EXCLUDED.verbs, full_identity = EXCLUDED.full_identity,
-            relid = EXCLUDED.relid
+            relid = EXCLUDED.relid, columns = EXCLUDED.columns,
+            exclude_columns = EXCLUDED.exclude_columns, row_filter = EXCLUDED.row_filter
     RETURNING * INTO result;
     IF (SELECT value FROM walhook.settings WHERE name = 'capture_mode') = 'trigger' THEN
         PERFORM walhook.install_capture(tbl, chosen_verbs);
@@ -638,11 +940,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_publication WHERE pubname = pub AND NOT pubviaroot) THEN
         EXECUTE format('ALTER PUBLICATION %I SET (publish_via_partition_root = true)', pub);
     END IF;
-    IF EXISTS (SELECT 1 FROM pg_publication WHERE pubname = pub)
-       AND NOT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-                       WHERE p.pubname = pub AND pr.prrelid = tbl) THEN
-        EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', pub, tbl);
-    END IF;
+    PERFORM walhook.publish_table(tbl);
     RETURN result;
 END
 $$;
@@ -686,6 +984,7 @@ $$;
 --   renamed   RENAME / SET SCHEMA: the watch's names follow the table (same noun);
 --   identity  a partition attached (or created PARTITION OF) since got REPLICA IDENTITY FULL,
 --             as walhook.watch() gives the partitions it finds (full_identity watches);
+--   published the publication's entry for a table was brought in step (publish_table);
 --   failed    one of the above could not be done (the detail says why; retried next time).
 -- Locks are not waited for long (lock_timeout): a busy table is retried on the next call.
 CREATE OR REPLACE FUNCTION walhook.reconcile_watches() RETURNS TABLE (action text, detail text)
@@ -738,6 +1037,22 @@ BEGIN
             detail := format('REPLICA IDENTITY FULL on %s (partition of watched %s): %s', part.tbl, part.watched, SQLERRM);
         END;
         RETURN NEXT;
+    END LOOP;
+    -- The publication follows the watches' columns and row filters, and the tables' replica
+    -- identities (a column list must cover it): see publish_table.
+    FOR part IN SELECT w.relid::regclass AS tbl FROM walhook.watched_tables w
+                WHERE EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = w.relid) LOOP
+        BEGIN
+            detail := walhook.publish_table(part.tbl);
+            IF detail IS NOT NULL THEN
+                action := 'published';
+                RETURN NEXT;
+            END IF;
+        EXCEPTION WHEN others THEN
+            action := 'failed';
+            detail := format('publishing %s: %s', part.tbl, SQLERRM);
+            RETURN NEXT;
+        END;
     END LOOP;
 END
 $$;

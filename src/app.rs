@@ -116,8 +116,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     )
     .await?;
     let mut conn = store::connect(&database).await?;
-    let tables: Vec<String> = config.tables.iter().map(|t| t.name.clone()).collect();
-    store::watch_tables(&mut conn, &tables).await?;
+    store::watch_tables(&mut conn, &config.tables).await?;
     drop(conn);
     let max_retained_wal = config.max_retained_wal()?;
     preflight_at_start(&config, &database, max_retained_wal).await;

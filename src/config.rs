@@ -272,12 +272,29 @@ pub struct ApiSection {
 }
 
 /// `[[tables]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableSection {
     /// `table` (in schema `public`) or `schema.table`; SQL identifier syntax, so
     /// `"Sales"."Order Items"` keeps its case and space.
     pub name: String,
+    /// Only these columns reach subscribers (`walhook.watch(..., columns => ...)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    /// These columns never reach subscribers (`exclude_columns => ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_columns: Option<Vec<String>>,
+    /// Row filter, an SQL predicate on the table's columns (`"where" => ...`).
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub row_filter: Option<String>,
+}
+
+impl TableSection {
+    /// Whether the section sets columns or a row filter (then `walhook run` applies them
+    /// to the watch at every start, keeping its noun and verbs).
+    pub fn shapes_payload(&self) -> bool {
+        self.columns.is_some() || self.exclude_columns.is_some() || self.row_filter.is_some()
+    }
 }
 
 /// Environment keys read elsewhere (the binary, the tests), never configuration.
@@ -858,6 +875,31 @@ mod tests {
                 ("Sales".to_owned(), "Order Items".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn table_sections_take_columns_and_a_row_filter() {
+        let config = Config::from_toml(
+            "database_url = \"postgres://u@h/db\"\n[[tables]]\nname = 'users'\n\
+             exclude_columns = ['password_hash']\nwhere = 'tenant_id <> 0'\n\
+             [[tables]]\nname = 'orders'\ncolumns = ['id', 'status']\n[[tables]]\nname = 'plain'\n",
+        )
+        .unwrap();
+        let t = &config.tables;
+        assert_eq!(t[0].exclude_columns, Some(vec!["password_hash".to_owned()]));
+        assert_eq!(t[0].row_filter.as_deref(), Some("tenant_id <> 0"));
+        assert_eq!(t[0].columns, None);
+        assert_eq!(
+            t[1].columns,
+            Some(vec!["id".to_owned(), "status".to_owned()])
+        );
+        assert!(t[0].shapes_payload() && t[1].shapes_payload() && !t[2].shapes_payload());
+        let err = Config::from_toml(
+            "database_url = \"postgres://u@h/db\"\n[[tables]]\nname = 't'\nexclude = ['a']\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("exclude"), "{err}");
     }
 
     #[test]

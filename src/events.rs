@@ -2,6 +2,11 @@
 //!
 //! One [`Event`] is built per change and shared by every subscription it is routed to; only
 //! `context` differs per subscription, spliced into the body rendered once per event.
+//!
+//! Columns the watch hides (`columns`, `exclude_columns`) are dropped here, before anything
+//! is rendered or queued, from `data`, `previous`, `changed` and `unavailable`: with
+//! `REPLICA IDENTITY FULL` PostgreSQL must send every column (a publication column list
+//! would make the application's UPDATE and DELETE fail), so this is where they stop.
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -9,13 +14,33 @@ use serde_json::Value;
 
 use crate::change::{Op, Origin, Row, RowChange};
 
-/// What a watched table declares: its noun and the verbs it produces.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a watched table declares: its noun, the verbs it produces and the columns its
+/// events carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Watch {
     /// Event noun (`orders`).
     pub noun: String,
     /// Produced verbs: `created`, `updated`, `deleted`, `truncated`.
     pub verbs: Vec<String>,
+    /// Only these columns are carried (`None` = every column).
+    pub columns: Option<Vec<String>>,
+    /// Columns never carried.
+    pub exclude_columns: Vec<String>,
+}
+
+impl Watch {
+    /// Whether events of this watch carry `column`.
+    pub fn shows(&self, column: &str) -> bool {
+        self.columns
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|c| c == column))
+            && !self.exclude_columns.iter().any(|c| c == column)
+    }
+
+    /// Whether some column is held back.
+    fn hides_any(&self) -> bool {
+        self.columns.is_some() || !self.exclude_columns.is_empty()
+    }
 }
 
 /// The verb an operation maps to.
@@ -37,6 +62,10 @@ pub struct Event {
     pub event_type: String,
     /// The row (new for created/updated, old for deleted); empty for truncated.
     pub data: Row,
+    /// The old row (updated, deleted) when known.
+    pub previous: Option<Row>,
+    /// The columns whose value differs (updated, when the old row is complete).
+    pub changed: Option<Vec<String>>,
     /// Identifies the row for ordering: table and key values.
     pub row_key: String,
     /// The envelope rendered once, with `"context":null` last.
@@ -52,7 +81,7 @@ struct Envelope<'a> {
     timestamp: String,
     data: &'a Row,
     previous: Option<&'a Row>,
-    changed: Option<Vec<&'a String>>,
+    changed: Option<&'a [String]>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     unavailable: &'a [String],
     source: Source<'a>,
@@ -86,20 +115,26 @@ impl Event {
             format!("evt_t{:016X}", change.position.commit_lsn.0)
         };
         let event_type = format!("{}.{verb}", watch.noun);
-        let (data, previous) = match change.op {
+        let (mut data, mut previous) = match change.op {
             Op::Delete => (change.old.clone().unwrap_or_default(), change.old),
             Op::Update => (change.new.unwrap_or_default(), change.old),
             _ => (change.new.unwrap_or_default(), None),
         };
+        // Complete: every column the events carry is known (trigger capture has already left
+        // hidden ones out of the old image; replication sends them and they go below).
         let complete_old = previous.as_ref().is_some_and(|old| {
-            old.len() + change.unchanged_toast.len() >= change.table.columns.len()
+            if watch.hides_any() {
+                change
+                    .table
+                    .columns
+                    .iter()
+                    .filter(|c| watch.shows(c))
+                    .all(|c| old.contains_key(c) || change.unchanged_toast.iter().any(|t| t == c))
+            } else {
+                old.len() + change.unchanged_toast.len() >= change.table.columns.len()
+            }
         });
-        let changed = (change.op == Op::Update && complete_old).then(|| {
-            data.iter()
-                .filter(|(k, v)| previous.as_ref().and_then(|o| o.get(*k)) != Some(v))
-                .map(|(k, _)| k)
-                .collect::<Vec<_>>()
-        });
+        // The row key is taken before hidden columns go: a hidden key still orders the row.
         let key: Vec<&Value> = change
             .table
             .key
@@ -112,14 +147,28 @@ impl Event {
             change.table.name,
             serde_json::to_string(&key).unwrap_or_default()
         );
+        let mut unavailable = change.unchanged_toast;
+        if watch.hides_any() {
+            data.retain(|k, _| watch.shows(k));
+            if let Some(old) = previous.as_mut() {
+                old.retain(|k, _| watch.shows(k));
+            }
+            unavailable.retain(|k| watch.shows(k));
+        }
+        let changed = (change.op == Op::Update && complete_old).then(|| {
+            data.iter()
+                .filter(|(k, v)| previous.as_ref().and_then(|o| o.get(*k)) != Some(v))
+                .map(|(k, _)| k.clone())
+                .collect::<Vec<_>>()
+        });
         let envelope = Envelope {
             id: &id,
             event_type: &event_type,
             timestamp: change.commit_time.to_rfc3339(),
             data: &data,
             previous: previous.as_ref(),
-            changed,
-            unavailable: &change.unchanged_toast,
+            changed: changed.as_deref(),
+            unavailable: &unavailable,
             source: Source {
                 schema: &change.table.schema,
                 table: &change.table.name,
@@ -138,6 +187,8 @@ impl Event {
             id,
             event_type,
             data,
+            previous,
+            changed,
             row_key,
             body,
         })
@@ -156,5 +207,67 @@ impl Event {
         let _ = serde_json::to_writer(&mut body, context);
         body.push(b'}');
         body.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::change::{CommitTime, Position, Table};
+    use crate::lsn::Lsn;
+
+    #[test]
+    fn hidden_columns_leave_data_previous_changed_and_unavailable() {
+        let change = RowChange {
+            position: Position {
+                commit_lsn: Lsn(0x10),
+                index: 0,
+            },
+            xid: 1,
+            commit_time: CommitTime(0),
+            table: Arc::new(Table {
+                id: 1,
+                schema: "public".into(),
+                name: "users".into(),
+                columns: vec!["id".into(), "email".into(), "secret".into(), "bio".into()],
+                key: vec!["id".into()],
+            }),
+            op: Op::Update,
+            new: json!({"id": 7, "email": "b", "secret": "s2"})
+                .as_object()
+                .cloned(),
+            old: json!({"id": 7, "email": "a", "secret": "s1"})
+                .as_object()
+                .cloned(),
+            unchanged_toast: vec!["bio".into()],
+            origin: Origin::Replication,
+        };
+        let watch = Watch {
+            noun: "users".into(),
+            verbs: vec!["updated".into()],
+            columns: None,
+            exclude_columns: vec!["secret".into(), "id".into()],
+        };
+        let event = Event::from_change(change, &watch).unwrap();
+        assert_eq!(event.data, *json!({"email": "b"}).as_object().unwrap());
+        assert_eq!(event.previous, json!({"email": "a"}).as_object().cloned());
+        assert_eq!(event.changed, Some(vec!["email".to_owned()]));
+        assert_eq!(
+            event.row_key, "public.users:[7]",
+            "a hidden key still orders the row"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&event.body(None)).unwrap();
+        assert_eq!(body["unavailable"], json!(["bio"]));
+        assert!(!String::from_utf8_lossy(&event.body(None)).contains("s1"));
+        assert!(watch.shows("email") && !watch.shows("secret"));
+        let only = Watch {
+            columns: Some(vec!["email".into()]),
+            ..Watch::default()
+        };
+        assert!(only.shows("email") && !only.shows("id"));
     }
 }

@@ -228,7 +228,10 @@ async fn command(cli: Cli, json_logs: &std::sync::atomic::AtomicBool) -> anyhow:
             let mut config = load(cli.config.as_deref())?;
             config
                 .tables
-                .extend(tables.into_iter().map(|name| TableSection { name }));
+                .extend(tables.into_iter().map(|name| TableSection {
+                    name,
+                    ..TableSection::default()
+                }));
             tail(config).await
         }
     }

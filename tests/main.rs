@@ -7,6 +7,7 @@ mod batch;
 mod capture;
 mod delivery;
 mod ops;
+mod payload;
 mod security;
 mod standby;
 mod subscriptions;

@@ -279,7 +279,7 @@ struct Catalog {
     tables: Value,
 }
 
-/// Watched tables with their columns:
+/// Watched tables with the columns their events carry (hidden ones left out):
 /// `[{"noun", "verbs", "table", "columns": [{"name", "type"}]}]`, by noun.
 pub async fn watched_tables(conn: &mut AsyncPgConnection) -> Result<Value, ApiError> {
     let catalog: Catalog = diesel::sql_query(
@@ -290,7 +290,9 @@ pub async fn watched_tables(conn: &mut AsyncPgConnection) -> Result<Value, ApiEr
                  SELECT jsonb_agg(jsonb_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum)
                  FROM pg_attribute a
                  WHERE a.attrelid = to_regclass(format('%I.%I', w.schema_name, w.table_name))
-                   AND a.attnum > 0 AND NOT a.attisdropped), '[]'))
+                   AND a.attnum > 0 AND NOT a.attisdropped
+                   AND (w.columns IS NULL OR a.attname::text = ANY (w.columns))
+                   AND NOT (a.attname::text = ANY (w.exclude_columns))), '[]'))
              ORDER BY w.noun), '[]') AS tables
          FROM walhook.watched_tables w",
     )

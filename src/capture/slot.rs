@@ -53,7 +53,8 @@ pub async fn identify_system(conn: &mut Connection) -> Result<SystemInfo, Captur
     Ok(info)
 }
 
-/// Creates the publication when absent and adds the configured tables it lacks. The
+/// Creates the publication when absent and adds the configured tables it lacks (a watched
+/// table with its column list and row filter, see `walhook.publish_table`). The
 /// publication publishes partitions via their root (`publish_via_partition_root`), so a
 /// watched partitioned table's changes arrive as the parent's; an older publication
 /// without it is altered. `tables` are (schema, table) pairs; one that does not exist
@@ -92,8 +93,25 @@ pub async fn ensure_publication(
         }
         Some(_) => {}
     }
+    let watches_known = !conn
+        .simple_query(
+            "SELECT 1 WHERE pg_catalog.to_regprocedure('walhook.publish_table(regclass)') IS NOT NULL",
+        )
+        .await?
+        .is_empty();
     for (schema, table) in tables {
         let name = format!("{}.{}", quote_ident(schema), quote_ident(table));
+        // A watched table goes in as its watch says (column list, row filter): the one place
+        // that writes a table's entry is `walhook.publish_table` (sql/walhook.sql). A table
+        // it does not know (no watch row, or no walhook schema) is added plainly below.
+        if watches_known {
+            conn.simple_query(&format!(
+                "SELECT walhook.publish_table(c.oid::pg_catalog.regclass) FROM pg_catalog.pg_class c \
+                 WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({})::pg_catalog.oid",
+                quote_literal(&name)
+            ))
+            .await?;
+        }
         let found = conn
             .simple_query(&format!(
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr \

@@ -5,15 +5,16 @@
 //! exist, so routing an event is one hash lookup plus the filters of the subscriptions
 //! that match its type: non-matching subscriptions cost nothing per event.
 //!
-//! Filters: `{"column": value}` or `{"column": [v1, v2]}` (an array is always an IN-list),
-//! ANDed, matched on `data` (on `previous` for `deleted`, which equals `data` there). Numbers
-//! compare by value. Expired subscriptions never match, checked per event.
+//! Filters ([`super::filter`]): `{"column": value}`, `{"column": [v1, v2]}` (an array is
+//! always an IN-list), operators `{"column": {"gt": 100}}`, `$changed` and `$previous`, ANDed,
+//! matched on `data` (on `previous` for `deleted`, which equals `data` there). Each is
+//! compiled once, when its route is built, and only the filters of the routes of the
+//! event's type run. Expired subscriptions never match, checked per event.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::Value;
-
+use super::filter::Filter;
 use super::store::{Subscription, WatchedTable};
 use crate::delivery::client::Target;
 use crate::events::Event;
@@ -25,25 +26,13 @@ pub struct Route {
     pub subscription: Subscription,
     /// Its target, prepared for sending.
     pub target: Target,
-    conditions: Vec<(String, Vec<Value>)>,
+    filter: Filter,
     expires_at_micros: Option<i64>,
 }
 
 impl Route {
     fn new(subscription: Subscription) -> Route {
-        let conditions = match &subscription.filter {
-            Value::Object(map) => map
-                .iter()
-                .map(|(column, wanted)| {
-                    let values = match wanted {
-                        Value::Array(items) => items.clone(),
-                        other => vec![other.clone()],
-                    };
-                    (column.clone(), values)
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let filter = Filter::compile(&subscription.filter);
         let expires_at_micros = subscription.expires_at.map(|t| t.timestamp_micros());
         let target = Target::new(
             &subscription.target_url,
@@ -54,7 +43,7 @@ impl Route {
         Route {
             subscription,
             target,
-            conditions,
+            filter,
             expires_at_micros,
         }
     }
@@ -64,20 +53,7 @@ impl Route {
         if self.expires_at_micros.is_some_and(|t| t <= now_micros) {
             return false;
         }
-        self.conditions.iter().all(|(column, wanted)| {
-            event
-                .data
-                .get(column)
-                .is_some_and(|got| wanted.iter().any(|w| same(got, w)))
-        })
-    }
-}
-
-/// JSON equality, with numbers compared by value (`42` = `42.0`).
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
-        _ => a == b,
+        self.filter.matches(event)
     }
 }
 
@@ -130,6 +106,8 @@ impl RoutingIndex {
             let watch = crate::events::Watch {
                 noun: t.noun,
                 verbs: t.verbs,
+                columns: t.column_list,
+                exclude_columns: t.exclude_columns,
             };
             index.nouns.insert((t.schema_name, t.table_name), watch);
         }
@@ -278,7 +256,7 @@ mod tests {
     use crate::change::{CommitTime, Op, Origin, Position, RowChange, Table};
     use crate::events::Watch;
     use crate::lsn::Lsn;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn sub(target: &str, events: &[&str], filter: Value, expires: Option<i64>) -> Subscription {
         Subscription {
@@ -305,6 +283,9 @@ mod tests {
             noun: noun.into(),
             verbs: vec!["created".into(), "updated".into(), "deleted".into()],
             relid: None,
+            column_list: None,
+            exclude_columns: Vec::new(),
+            row_filter: None,
         };
         vec![table("orders"), table("invoices")]
     }
@@ -333,6 +314,7 @@ mod tests {
         let watch = Watch {
             noun: "orders".into(),
             verbs: vec!["created".into(), "updated".into(), "deleted".into()],
+            ..Watch::default()
         };
         Event::from_change(change, &watch).unwrap()
     }

@@ -18,6 +18,14 @@ diesel::table! {
         /// The table's OID: the watch follows it through renames (NULL only before the
         /// daemon linked an older row).
         relid -> Nullable<Oid>,
+        /// Only these columns are carried (NULL = every column). (`columns` is a name
+        /// diesel's macro reserves.)
+        #[sql_name = "columns"]
+        column_list -> Nullable<Array<Text>>,
+        /// Columns left out of every event.
+        exclude_columns -> Array<Text>,
+        /// The row filter as PostgreSQL prints it (NULL = every row).
+        row_filter -> Nullable<Text>,
     }
 }
 

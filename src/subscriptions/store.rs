@@ -59,6 +59,12 @@ pub struct WatchedTable {
     pub verbs: Vec<String>,
     /// The table's OID (changes are matched to the watch by it, so a rename keeps it).
     pub relid: Option<u32>,
+    /// Only these columns reach subscribers (`None` = every column).
+    pub column_list: Option<Vec<String>>,
+    /// Columns that never reach subscribers.
+    pub exclude_columns: Vec<String>,
+    /// The row filter, as PostgreSQL prints it (shown by the catalog; capture applies it).
+    pub row_filter: Option<String>,
 }
 
 /// A subscription row, as routing needs it.
@@ -141,32 +147,52 @@ fn apply(
 }
 
 /// Watches each table (`walhook.watch` with its defaults) unless it already is watched.
-/// Names are found as [`crate::table_names`] describes; a table that does not exist is
-/// skipped with a warning (it may have been dropped since the configuration was written),
-/// so walhook still starts and delivers the others.
+/// A section that sets `columns`, `exclude_columns` or `where` is applied at every call
+/// (keeping an existing watch's noun, verbs and identity), so the file stays the truth for
+/// them; `walhook.watch` refuses unknown columns and invalid predicates, which fails the
+/// start with its message. Names are found as [`crate::table_names`] describes; a table
+/// that does not exist is skipped with a warning (it may have been dropped since the
+/// configuration was written), so walhook still starts and delivers the others.
 pub async fn watch_tables(
     conn: &mut AsyncPgConnection,
-    tables: &[String],
+    tables: &[crate::config::TableSection],
 ) -> Result<(), StoreError> {
-    for table in tables {
+    use diesel::sql_types::{Array, BigInt, Nullable, Text};
+    for section in tables {
+        let table = &section.name;
         let candidates = crate::table_names::regclass_candidates(table);
         let found: Vec<Resolved> = diesel::sql_query(
             "SELECT r.oid::int8 AS oid FROM (SELECT coalesce(to_regclass($1), to_regclass($2))::oid AS oid) r \
              WHERE r.oid IS NOT NULL",
         )
-        .bind::<diesel::sql_types::Text, _>(&candidates[0])
-        .bind::<diesel::sql_types::Text, _>(candidates.last().unwrap_or(&candidates[0]))
+        .bind::<Text, _>(&candidates[0])
+        .bind::<Text, _>(candidates.last().unwrap_or(&candidates[0]))
         .load(conn)
         .await?;
         let Some(Resolved { oid }) = found.into_iter().next() else {
             tracing::warn!(table = %table, "[[tables]]: no such table; not watched");
             continue;
         };
+        if !section.shapes_payload() {
+            diesel::sql_query(
+                "SELECT walhook.watch($1::oid::regclass) WHERE NOT EXISTS \
+                 (SELECT 1 FROM walhook.watched_tables w WHERE w.relid = $1::oid)",
+            )
+            .bind::<BigInt, _>(oid)
+            .execute(conn)
+            .await?;
+            continue;
+        }
         diesel::sql_query(
-            "SELECT walhook.watch($1::oid::regclass) WHERE NOT EXISTS \
-             (SELECT 1 FROM walhook.watched_tables w WHERE w.relid = $1::oid)",
+            "SELECT walhook.watch($1::oid::regclass, noun => w.noun, verbs => w.verbs, \
+                 full_identity => coalesce(w.full_identity, true), columns => $2, \
+                 exclude_columns => $3, \"where\" => $4) \
+             FROM (SELECT 1) one LEFT JOIN walhook.watched_tables w ON w.relid = $1::oid",
         )
-        .bind::<diesel::sql_types::BigInt, _>(oid)
+        .bind::<BigInt, _>(oid)
+        .bind::<Nullable<Array<Text>>, _>(&section.columns)
+        .bind::<Nullable<Array<Text>>, _>(&section.exclude_columns)
+        .bind::<Nullable<Text>, _>(&section.row_filter)
         .execute(conn)
         .await?;
     }
@@ -180,8 +206,8 @@ struct Resolved {
     oid: i64,
 }
 
-/// One change `walhook.reconcile_watches()` made: `dropped`, `renamed`, `identity` or
-/// `failed`, and what it concerned.
+/// One change `walhook.reconcile_watches()` made: `dropped`, `renamed`, `identity`,
+/// `published` or `failed`, and what it concerned.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
 pub struct Reconciled {
     /// What was done.
@@ -194,7 +220,8 @@ pub struct Reconciled {
 
 /// Brings the watches in step with DDL on watched tables (see `walhook.reconcile_watches`
 /// in `sql/walhook.sql`): removes the watches of dropped tables, follows renames, gives
-/// partitions attached since `REPLICA IDENTITY FULL`. Logs and returns what it changed.
+/// partitions attached since `REPLICA IDENTITY FULL`, keeps each table's publication entry
+/// (column list, row filter) as its watch says. Logs and returns what it changed.
 pub async fn reconcile_watches(
     conn: &mut AsyncPgConnection,
 ) -> Result<Vec<Reconciled>, StoreError> {
@@ -215,6 +242,10 @@ pub async fn reconcile_watches(
             "identity" => tracing::info!(
                 table = %change.detail,
                 "partition of a watched table set to REPLICA IDENTITY FULL"
+            ),
+            "published" => tracing::info!(
+                table = %change.detail,
+                "publication entry brought in step with the watch"
             ),
             _ => tracing::warn!(problem = %change.detail, "cannot keep a watch in step"),
         }

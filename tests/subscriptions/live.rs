@@ -37,6 +37,7 @@ fn created_order() -> Event {
     let watch = Watch {
         noun: "orders".into(),
         verbs: vec!["created".into()],
+        ..Watch::default()
     };
     Event::from_change(change, &watch).unwrap()
 }
