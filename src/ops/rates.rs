@@ -26,7 +26,7 @@ impl Rates {
         self.events.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one successful delivery (2xx).
+    /// Counts one successful request (2xx; a batch of events is one).
     pub fn delivered(&self) {
         self.deliveries.fetch_add(1, Ordering::Relaxed);
     }

@@ -345,7 +345,10 @@ async fn readyz_is_503_while_retained_wal_is_above_the_limit() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    assert_eq!(until(200).await, json!({"status": "ready"}));
+    assert_eq!(
+        until(200).await,
+        json!({"status": "ready", "role": "streaming"})
+    );
     // An open transaction keeps the slot's restart_lsn where it is; then 4 MB of WAL.
     let holder = crate::support::connect(&db.url).await;
     holder
@@ -359,6 +362,7 @@ async fn readyz_is_503_while_retained_wal_is_above_the_limit() {
     let body = until(503).await;
     let reason = body["reason"].as_str().unwrap();
     assert_eq!(body["status"], "not ready");
+    assert_eq!(body["role"], "streaming");
     assert!(
         reason.starts_with(&format!("replication slot \"{}\" retains ", db.name))
             && reason.ends_with("of WAL, above capture.max_retained_wal (1.0 MiB)"),
@@ -367,6 +371,9 @@ async fn readyz_is_503_while_retained_wal_is_above_the_limit() {
     // The transaction ends; a checkpoint logs the running transactions, so the slot moves on.
     holder.batch_execute("COMMIT").await.unwrap();
     db.exec("CHECKPOINT").await;
-    assert_eq!(until(200).await, json!({"status": "ready"}));
+    assert_eq!(
+        until(200).await,
+        json!({"status": "ready", "role": "streaming"})
+    );
     daemon.stop().await;
 }

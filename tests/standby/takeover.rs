@@ -215,7 +215,12 @@ async fn the_standby_role_shows_in_readyz_and_metrics_and_is_logged_once() {
     }
     let log = second.log_text();
     assert_eq!(log.matches("standing by").count(), 1, "{log}");
-    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+    // (The start-up preflight checks warn about the harness server's settings.)
+    let quiet = log
+        .lines()
+        .filter(|l| !l.contains("preflight"))
+        .all(|l| !l.contains("WARN") && !l.contains("ERROR"));
+    assert!(quiet, "{log}");
 
     // A clean stop of the streamer hands over too; events flow through the new streamer.
     first.stop().await;
