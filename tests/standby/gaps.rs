@@ -183,6 +183,29 @@ async fn a_lost_or_dropped_slot_is_refused_until_slot_reset_records_the_gap() {
         "{stderr}"
     );
 
+    // `walhook status` shows the recorded gap.
+    let (_, stdout, stderr) = run_to_end(&db, &["status", "--json"]).await;
+    let doc: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    let shown = &doc["gaps"][0];
+    assert_eq!(
+        (
+            doc["gaps"].as_array().map(Vec::len),
+            shown["reason"].as_str(),
+            shown["slot"].as_str(),
+            shown["from_lsn"].as_str(),
+            shown["tables"].clone()
+        ),
+        (
+            Some(1),
+            Some("lost"),
+            Some(db.name.as_str()),
+            Some(lsn1.as_str()),
+            json!(["public.orders"])
+        ),
+        "{doc:#}"
+    );
+
     // Delivery resumes from the fresh slot: row 4 arrives, rows 2 and 3 are the gap.
     let mut daemon = Instance::spawn(&db);
     daemon.wait_role("streaming", Duration::from_secs(30)).await;
