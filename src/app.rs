@@ -119,7 +119,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     store::watch_tables(&mut conn, &config.tables).await?;
     drop(conn);
     let max_retained_wal = config.max_retained_wal()?;
-    preflight_at_start(&config, &database, max_retained_wal).await;
     let wal_alarm = ops::WalAlarm::default();
     let listener = if config.api.enabled {
         let addr = config.api.listen;
@@ -165,6 +164,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         }
     };
     drop(client);
+    // After the switch: in trigger mode it is what installs the capture triggers.
+    preflight_at_start(&config, &database, max_retained_wal).await;
     let api_pool = database.pool(
         config.api.pool_size,
         Some(Duration::from_millis(config.api.pool_wait_ms)),

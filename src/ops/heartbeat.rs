@@ -97,6 +97,8 @@ impl Heartbeat {
         tracing::info!(instance = %identity.id, host = %identity.host, pid = identity.pid, "heartbeat started");
         let mut client: Option<Client> = None;
         let mut window = RateWindow::default();
+        // Counted from zero: events routed before the first beat count in the first minute.
+        window.sample(Instant::now(), (0, 0));
         let mut role = (self.ack.role(), Utc::now().timestamp_micros());
         let mut failing = false;
         let mut tick = tokio::time::interval(self.interval);
