@@ -7,15 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::TestDb;
 use crate::support::daemon::spawn_walhook;
-use crate::support::receiver::Receiver;
-
-fn distinct(receiver: &Receiver) -> HashSet<String> {
-    receiver
-        .delivered()
-        .into_iter()
-        .map(|r| r.headers["webhook-id"].clone())
-        .collect()
-}
 
 #[tokio::test]
 async fn kill_9_mid_burst_then_restart_delivers_every_event() {
@@ -48,42 +39,17 @@ async fn kill_9_mid_burst_then_restart_delivers_every_event() {
     }
 
     // The burst: 100 transactions of 100 rows, written while walhook delivers.
-    let url = db.url.clone();
-    let writer = tokio::spawn(async move {
-        let client = crate::support::connect(&url).await;
-        for batch in 0..100 {
-            let from = batch * 100 + 1;
-            client
-                .batch_execute(&format!(
-                    "INSERT INTO orders SELECT g, 'new' FROM generate_series({from}, {}) g",
-                    from + 99
-                ))
-                .await
-                .unwrap();
-        }
-    });
-    while distinct(&receiver).len() < 1500 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no progress before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let writer = db.insert_orders(100, 100);
+    receiver.wait_distinct(1500, Duration::from_secs(60)).await;
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let before_restart = receiver.delivered().len();
     writer.await.unwrap();
 
     let mut second = spawn_walhook(&db, &[]);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while distinct(&receiver).len() < 10_000 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of 10,000 distinct events arrived",
-            distinct(&receiver).len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    receiver
+        .wait_distinct(10_000, Duration::from_secs(90))
+        .await;
     let total = receiver.delivered().len();
     println!(
         "kill -9 after {before_restart} deliveries; {total} deliveries in all, {} duplicates",

@@ -35,20 +35,7 @@ async fn sigterm_mid_burst(db: TestDb, mode: &str, setup: &str) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let url = db.url.clone();
-    let writer = tokio::spawn(async move {
-        let client = crate::support::connect(&url).await;
-        for batch in 0..ROWS / 500 {
-            let from = batch * 500 + 1;
-            client
-                .batch_execute(&format!(
-                    "INSERT INTO orders SELECT g, 'new' FROM generate_series({from}, {}) g",
-                    from + 499
-                ))
-                .await
-                .unwrap();
-        }
-    });
+    let writer = db.insert_orders(ROWS / 500, 500);
     receiver.wait_delivered(1200, Duration::from_secs(60)).await;
     let pid = first.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();

@@ -11,15 +11,6 @@ use serde_json::json;
 
 use super::Instance;
 use crate::support::TestDb;
-use crate::support::receiver::Receiver;
-
-fn distinct(receiver: &Receiver) -> HashSet<String> {
-    receiver
-        .delivered()
-        .into_iter()
-        .map(|r| r.headers["webhook-id"].clone())
-        .collect()
-}
 
 /// Polls `pg_stat_replication` every 100 ms for walhook walsenders of this test's database
 /// (the server is shared: other tests' walsenders are on other databases); returns the
@@ -65,42 +56,16 @@ async fn kill_9_of_the_streamer_mid_burst_the_standby_takes_over_within_10_s() {
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_walsenders(&db, stop.clone());
     // The burst: 100 transactions of 100 rows, written while walhook delivers.
-    let url = db.url.clone();
-    let writer = tokio::spawn(async move {
-        let client = crate::support::connect(&url).await;
-        for batch in 0..100 {
-            let from = batch * 100 + 1;
-            client
-                .batch_execute(&format!(
-                    "INSERT INTO orders SELECT g, 'new' FROM generate_series({from}, {}) g",
-                    from + 99
-                ))
-                .await
-                .unwrap();
-        }
-    });
-    let start = Instant::now();
-    while distinct(&receiver).len() < 1500 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no progress before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let writer = db.insert_orders(100, 100);
+    receiver.wait_distinct(1500, Duration::from_secs(60)).await;
     first.kill9();
     let took = second.wait_role("streaming", Duration::from_secs(10)).await;
     println!("the standby streams {took:?} after the kill -9");
     writer.await.unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while distinct(&receiver).len() < 10_000 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of 10,000 distinct events arrived",
-            distinct(&receiver).len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    receiver
+        .wait_distinct(10_000, Duration::from_secs(90))
+        .await;
     let rows: HashSet<i64> = receiver
         .delivered()
         .iter()

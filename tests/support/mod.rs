@@ -147,6 +147,25 @@ impl TestDb {
         self.url.parse().expect("test URL parses")
     }
 
+    /// Inserts rows `1..=transactions * rows` into `orders (id, status)`, `rows` per
+    /// transaction, in a task of its own (so walhook delivers while it writes).
+    pub fn insert_orders(&self, transactions: i64, rows: i64) -> tokio::task::JoinHandle<()> {
+        let url = self.url.clone();
+        tokio::spawn(async move {
+            let client = connect(&url).await;
+            for batch in 0..transactions {
+                let from = batch * rows + 1;
+                client
+                    .batch_execute(&format!(
+                        "INSERT INTO orders SELECT g, 'new' FROM generate_series({from}, {}) g",
+                        from + rows - 1
+                    ))
+                    .await
+                    .unwrap();
+            }
+        })
+    }
+
     /// Installs walhook's schema, runs `setup` (tables and `walhook.watch` calls), and
     /// subscribes a fresh receiver to the event patterns `events` (SQL array text).
     pub async fn watched_with_receiver(&self, setup: &str, events: &str) -> receiver::Receiver {

@@ -1,6 +1,6 @@
 //! A real HTTP receiver on 127.0.0.1 that records every request and answers as scripted.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -151,6 +151,33 @@ impl Receiver {
             .into_iter()
             .filter(|r| (200..300).contains(&r.status))
             .collect()
+    }
+
+    /// The distinct `webhook-id`s answered 2xx so far.
+    pub fn distinct_delivered(&self) -> HashSet<String> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .requests
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .map(|r| r.headers["webhook-id"].clone())
+            .collect()
+    }
+
+    /// Waits until `n` distinct `webhook-id`s were answered 2xx (fails after `wait`).
+    pub async fn wait_distinct(&self, n: usize, wait: Duration) {
+        let start = Instant::now();
+        loop {
+            let seen = self.distinct_delivered().len();
+            if seen >= n {
+                return;
+            }
+            assert!(
+                start.elapsed() < wait,
+                "only {seen} of {n} distinct events arrived after {wait:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until `n` requests were answered 2xx (fails after `wait`).
