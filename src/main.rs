@@ -179,12 +179,7 @@ async fn command(cli: Cli, json_logs: &std::sync::atomic::AtomicBool) -> anyhow:
         }
         Command::Migrate => {
             let config = load(cli.config.as_deref())?;
-            walhook::subscriptions::store::migrate(
-                &config.database()?,
-                &config.capture.publication,
-                config.delivery.allow_private_targets,
-            )
-            .await?;
+            migrated(&config).await?;
             eprintln!("walhook schema is up to date");
             Ok(())
         }
@@ -196,13 +191,7 @@ async fn command(cli: Cli, json_logs: &std::sync::atomic::AtomicBool) -> anyhow:
             action: SlotCommand::Reset,
         } => {
             let config = load(cli.config.as_deref())?;
-            let database = config.database()?;
-            walhook::subscriptions::store::migrate(
-                &database,
-                &config.capture.publication,
-                config.delivery.allow_private_targets,
-            )
-            .await?;
+            let database = migrated(&config).await?;
             let gap = walhook::capture::progress::reset(
                 &database,
                 &config.capture.slot,
@@ -254,8 +243,8 @@ fn load(file: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn token(config: &Config, action: TokenCommand) -> anyhow::Result<()> {
-    use walhook::api::auth;
+/// The configured database, its walhook schema brought up to date.
+async fn migrated(config: &Config) -> anyhow::Result<walhook::database::Database> {
     let database = config.database()?;
     walhook::subscriptions::store::migrate(
         &database,
@@ -263,6 +252,12 @@ async fn token(config: &Config, action: TokenCommand) -> anyhow::Result<()> {
         config.delivery.allow_private_targets,
     )
     .await?;
+    Ok(database)
+}
+
+async fn token(config: &Config, action: TokenCommand) -> anyhow::Result<()> {
+    use walhook::api::auth;
+    let database = migrated(config).await?;
     let mut conn = walhook::subscriptions::store::connect(&database).await?;
     match action {
         TokenCommand::Create { owner, scopes } => {
