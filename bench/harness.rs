@@ -20,7 +20,9 @@
 //! 5. fan-out: throughput with 1 vs 10,000 non-matching subscriptions.
 //!
 //! `BENCH_QUICK=1` shrinks every phase (a smoke run); `BENCH_DRAIN_ONLY=1` stops after
-//! phase 1 (the drain rows).
+//! phase 1 (the drain rows). `BENCH_PROFILE="<command…>"` runs the first (one request per
+//! event) drain's walhook under that command — e.g. `valgrind --tool=callgrind
+//! --callgrind-out-file=/tmp/walhook.cg` — and stops after that drain.
 
 #![allow(clippy::unwrap_used)] // a measuring tool: fail loudly
 
@@ -262,7 +264,21 @@ impl Bench {
 
     /// `walhook run` with extra environment (e.g. the capture mode).
     fn walhook_with(&self, env: &[(&str, &str)]) -> Walhook {
-        let child = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        self.walhook_under(&[], env)
+    }
+
+    /// `walhook run` started by `wrapper` (a profiler command line; empty: directly).
+    fn walhook_under(&self, wrapper: &[&str], env: &[(&str, &str)]) -> Walhook {
+        let binary = env!("CARGO_BIN_EXE_walhook");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("run")
             .envs(env.iter().copied())
             .env("WALHOOK_DATABASE_URL", &self.url)
@@ -607,9 +623,11 @@ async fn main() -> Result<()> {
     let start = Instant::now();
     let receiver_before = cpu_secs(std::process::id());
     b.seen.record.store(true, Ordering::Relaxed);
-    let mut walhook = b.walhook();
+    let profile = std::env::var("BENCH_PROFILE").ok();
+    let wrapper: Vec<&str> = profile.iter().flat_map(|p| p.split_whitespace()).collect();
+    let mut walhook = b.walhook_under(&wrapper, &[]);
     let pid = walhook.id();
-    let drain_time = b.wait_count(total, Duration::from_secs(600)).await;
+    let drain_time = b.wait_count(total, Duration::from_secs(1800)).await;
     let drain_cpu = cpu_secs(pid);
     let receiver_cpu = cpu_secs(std::process::id()) - receiver_before;
     b.seen.record.store(false, Ordering::Relaxed);
@@ -634,6 +652,11 @@ async fn main() -> Result<()> {
         recv_time.as_secs_f64() / drain_time.as_secs_f64(),
         drain_rss / 1024
     );
+
+    if profile.is_some() {
+        stop(&mut walhook);
+        return Ok(());
+    }
 
     // 1b. The HTTP limit, batching and HTTP/2 on the same backlog shape.
     let bodies_file = b.pg.root.join("bodies.ndjson");
