@@ -35,6 +35,7 @@
 mod batch;
 pub mod breaker;
 pub mod client;
+mod direct;
 mod dispatcher;
 pub mod guard;
 mod job;
