@@ -379,6 +379,7 @@ impl Bench {
     /// stops it. Seconds, walhook's CPU seconds, the receiver's CPU seconds.
     async fn drain(&self, total: u64) -> (f64, f64, f64) {
         self.reset();
+        let queued_before = self.queued_total().await;
         let receiver_before = cpu_secs(std::process::id());
         let mut walhook = self.walhook();
         let took = self.wait_count(total, Duration::from_secs(600)).await;
@@ -396,7 +397,30 @@ impl Bench {
         {
             eprintln!("note: deliveries failed during this drain: {:?}", row.get::<_, Option<String>>(0));
         }
+        self.note_queued(queued_before).await;
         (took.as_secs_f64(), walhook_cpu, receiver_cpu)
+    }
+
+    /// Rows ever inserted into `walhook.delivery_queue` (from the statistics).
+    async fn queued_total(&self) -> i64 {
+        let sql = "SELECT coalesce(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables \
+                   WHERE schemaname = 'walhook' AND relname = 'delivery_queue'";
+        match self.client.query_one(sql, &[]).await {
+            Ok(row) => row.get(0),
+            Err(_) => 0,
+        }
+    }
+
+    /// Says so when events went through the queue table since `before` (held past
+    /// `max_hold_ms` on a loaded machine, or refused): such a drain measured the retrier's
+    /// table writes too and is not comparable.
+    async fn note_queued(&self, before: i64) {
+        let queued = self.queued_total().await - before;
+        if queued > 0 {
+            eprintln!(
+                "note: {queued} events went through the queue table during this drain (its CPU includes the retrier's work)"
+            );
+        }
     }
 
     /// The load generator (this binary in generator mode) sending the recorded bodies to
@@ -623,6 +647,7 @@ async fn main() -> Result<()> {
     let start = Instant::now();
     let receiver_before = cpu_secs(std::process::id());
     b.seen.record.store(true, Ordering::Relaxed);
+    let queued_before = b.queued_total().await;
     let profile = std::env::var("BENCH_PROFILE").ok();
     let wrapper: Vec<&str> = profile.iter().flat_map(|p| p.split_whitespace()).collect();
     let mut walhook = b.walhook_under(&wrapper, &[]);
@@ -655,6 +680,7 @@ async fn main() -> Result<()> {
 
     if profile.is_some() {
         stop(&mut walhook);
+        b.note_queued(queued_before).await;
         return Ok(());
     }
 
@@ -704,6 +730,7 @@ async fn main() -> Result<()> {
         None,
     );
     stop(&mut walhook);
+    b.note_queued(queued_before).await;
     b.client
         .execute(
             "UPDATE walhook.subscriptions SET batch_max = 100 WHERE target_url = $1",
