@@ -20,7 +20,9 @@
 //! 5. fan-out: throughput with 1 vs 10,000 non-matching subscriptions.
 //!
 //! `BENCH_QUICK=1` shrinks every phase (a smoke run); `BENCH_DRAIN_ONLY=1` stops after
-//! phase 1 (the drain rows).
+//! phase 1 (the drain rows). `BENCH_PROFILE="<command…>"` runs the first (one request per
+//! event) drain's walhook under that command — e.g. `valgrind --tool=callgrind
+//! --callgrind-out-file=/tmp/walhook.cg` — and stops after that drain.
 
 #![allow(clippy::unwrap_used)] // a measuring tool: fail loudly
 
@@ -262,7 +264,21 @@ impl Bench {
 
     /// `walhook run` with extra environment (e.g. the capture mode).
     fn walhook_with(&self, env: &[(&str, &str)]) -> Walhook {
-        let child = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        self.walhook_under(&[], env)
+    }
+
+    /// `walhook run` started by `wrapper` (a profiler command line; empty: directly).
+    fn walhook_under(&self, wrapper: &[&str], env: &[(&str, &str)]) -> Walhook {
+        let binary = env!("CARGO_BIN_EXE_walhook");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("run")
             .envs(env.iter().copied())
             .env("WALHOOK_DATABASE_URL", &self.url)
@@ -363,6 +379,7 @@ impl Bench {
     /// stops it. Seconds, walhook's CPU seconds, the receiver's CPU seconds.
     async fn drain(&self, total: u64) -> (f64, f64, f64) {
         self.reset();
+        let queued_before = self.queued_total().await;
         let receiver_before = cpu_secs(std::process::id());
         let mut walhook = self.walhook();
         let took = self.wait_count(total, Duration::from_secs(600)).await;
@@ -380,7 +397,30 @@ impl Bench {
         {
             eprintln!("note: deliveries failed during this drain: {:?}", row.get::<_, Option<String>>(0));
         }
+        self.note_queued(queued_before).await;
         (took.as_secs_f64(), walhook_cpu, receiver_cpu)
+    }
+
+    /// Rows ever inserted into `walhook.delivery_queue` (from the statistics).
+    async fn queued_total(&self) -> i64 {
+        let sql = "SELECT coalesce(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables \
+                   WHERE schemaname = 'walhook' AND relname = 'delivery_queue'";
+        match self.client.query_one(sql, &[]).await {
+            Ok(row) => row.get(0),
+            Err(_) => 0,
+        }
+    }
+
+    /// Says so when events went through the queue table since `before` (held past
+    /// `max_hold_ms` on a loaded machine, or refused): such a drain measured the retrier's
+    /// table writes too and is not comparable.
+    async fn note_queued(&self, before: i64) {
+        let queued = self.queued_total().await - before;
+        if queued > 0 {
+            eprintln!(
+                "note: {queued} events went through the queue table during this drain (its CPU includes the retrier's work)"
+            );
+        }
     }
 
     /// The load generator (this binary in generator mode) sending the recorded bodies to
@@ -607,9 +647,12 @@ async fn main() -> Result<()> {
     let start = Instant::now();
     let receiver_before = cpu_secs(std::process::id());
     b.seen.record.store(true, Ordering::Relaxed);
-    let mut walhook = b.walhook();
+    let queued_before = b.queued_total().await;
+    let profile = std::env::var("BENCH_PROFILE").ok();
+    let wrapper: Vec<&str> = profile.iter().flat_map(|p| p.split_whitespace()).collect();
+    let mut walhook = b.walhook_under(&wrapper, &[]);
     let pid = walhook.id();
-    let drain_time = b.wait_count(total, Duration::from_secs(600)).await;
+    let drain_time = b.wait_count(total, Duration::from_secs(1800)).await;
     let drain_cpu = cpu_secs(pid);
     let receiver_cpu = cpu_secs(std::process::id()) - receiver_before;
     b.seen.record.store(false, Ordering::Relaxed);
@@ -634,6 +677,12 @@ async fn main() -> Result<()> {
         recv_time.as_secs_f64() / drain_time.as_secs_f64(),
         drain_rss / 1024
     );
+
+    if profile.is_some() {
+        stop(&mut walhook);
+        b.note_queued(queued_before).await;
+        return Ok(());
+    }
 
     // 1b. The HTTP limit, batching and HTTP/2 on the same backlog shape.
     let bodies_file = b.pg.root.join("bodies.ndjson");
@@ -681,6 +730,7 @@ async fn main() -> Result<()> {
         None,
     );
     stop(&mut walhook);
+    b.note_queued(queued_before).await;
     b.client
         .execute(
             "UPDATE walhook.subscriptions SET batch_max = 100 WHERE target_url = $1",

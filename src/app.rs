@@ -202,11 +202,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         background.clone(),
     ));
     let delivery = Delivery::new(delivery_config, Queue::new(pool), routing.clone()).await?;
-    let retrier = tokio::spawn(
-        delivery
-            .clone()
-            .run_retries(routing.clone(), background.clone()),
-    );
+    let retrier = tokio::spawn(delivery.clone().run_retries(background.clone()));
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(
         ops::heartbeat::Heartbeat {

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::Message;
 use super::job::Job;
 use super::queue::{Claimed, RowRef};
+use super::retrier::Retry;
 use super::retry::Outcome;
 use super::spill::{Queued, key};
 use super::{Delivery, Key, SubState, Verdict};
@@ -278,64 +279,15 @@ impl Delivery {
             first.subscription_id,
             first.batch_id.clone().unwrap_or_default(),
         );
-        let batch = RowRef::Batch(sub_id, &id);
-        let sub = self.sub(sub_id);
-        let spills = sub.spills.load(Ordering::Acquire);
-        let keys: Vec<Key> = rows.iter().map(|r| key(sub_id, &r.row_key)).collect();
-        let Some(generations) = keys
-            .iter()
-            .map(|k| self.idle_generation(k))
-            .collect::<Option<Vec<u64>>>()
-        else {
-            // A member's row still has jobs in memory; they queue behind it. Soon again.
-            self.logged(self.queue.release(batch, Duration::from_millis(200)).await);
-            return;
+        let retry = Retry {
+            sub_id,
+            row: RowRef::Batch(sub_id, &id),
+            keys: rows.iter().map(|r| key(sub_id, &r.row_key)).collect(),
+            attempts: rows.iter().map(|r| r.attempts).max().unwrap_or(0) + 1,
+            id: &id,
         };
-        let attempts = rows.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
-        let snapshot = self.routing.snapshot();
-        let result = match snapshot.subscription(sub_id) {
-            None => {
-                self.queue
-                    .failed(
-                        batch,
-                        attempts - 1,
-                        None,
-                        "subscription inactive, expired or deleted",
-                    )
-                    .await
-            }
-            Some(route) => {
-                if let Some(open) = sub.breaker.open() {
-                    self.logged(self.queue.release(batch, open.remaining).await);
-                    return;
-                }
-                let permit = tokio::select! {
-                    permit = sub.permits.acquire() => permit.ok(),
-                    _ = stop.cancelled() => None,
-                };
-                if permit.is_none() {
-                    self.logged(self.queue.release(batch, Duration::ZERO).await);
-                    return;
-                }
-                let message = Message {
-                    target: &route.target,
-                    id: &id,
-                    body: array(rows.iter().map(|r| r.body.as_bytes())),
-                };
-                let outcome = self.sender.send(&message).await;
-                drop(permit);
-                self.settle(&sub, sub_id, batch, attempts as u32, outcome)
-                    .await
-            }
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, batch = %id, "updating a queued batch failed; its lease expires and it is retried");
-            return;
-        }
-        for (key, generation) in keys.iter().zip(generations) {
-            self.unmark_if_empty(&sub, key, generation).await;
-        }
-        self.unmark_sub_if_empty(&sub, sub_id, spills).await;
+        let body = |_: &Route| array(rows.iter().map(|r| r.body.as_bytes()));
+        self.retry_claimed(retry, body, &stop).await;
     }
 }
 

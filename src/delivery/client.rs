@@ -1,6 +1,9 @@
-//! The HTTP sender: one pooled reqwest client (rustls, HTTP/1.1 and HTTP/2, keep-alive), no
-//! redirects, a timeout, the SSRF guard, no environment proxies, and Standard Webhooks
-//! headers.
+//! The HTTP sender: Standard Webhooks headers, no redirects, a timeout, the SSRF guard, no
+//! environment proxies. Cleartext `http://` targets (no `delivery.proxy`, no `http2`) go over
+//! HTTP/1.1 on hyper directly ([`super::direct`]: keep-alive connections per host, headers
+//! prepared per routing build); `https://` targets, h2c targets and everything behind
+//! `delivery.proxy` go through one pooled reqwest client (rustls, HTTP/2 by ALPN) or its
+//! prior-knowledge twin.
 //!
 //! Everything an endpoint sends back is bounded here: at most [`MAX_RESPONSE_BODY`] bytes
 //! of a body are read (and only the first [`MAX_ERROR_TEXT`] bytes of it kept in an error),
@@ -13,11 +16,13 @@
 //! the given proxy, and is refused unless `delivery.allow_private_targets = true`.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::direct::{self, DirectError, Endpoint, Pool};
 use super::guard;
 use super::retry::{MAX_RETRY_AFTER_LEN, Outcome, classify};
 use super::signing::{BadSecret, Key};
@@ -29,7 +34,7 @@ pub const MAX_RESPONSE_BODY: usize = 4096;
 pub const MAX_ERROR_TEXT: usize = 256;
 
 /// Most response headers accepted (HTTP/1); more fails the attempt.
-const MAX_RESPONSE_HEADERS: usize = 64;
+const MAX_RESPONSE_HEADERS: usize = direct::MAX_RESPONSE_HEADERS;
 
 /// Largest HTTP/2 response header list accepted, in bytes.
 const MAX_HEADER_LIST: u32 = 64 * 1024;
@@ -96,6 +101,8 @@ pub struct Target {
     /// Cleartext HTTP/2 with prior knowledge for an `http://` URL (the subscription's
     /// `http2`); `https://` targets negotiate HTTP/2 by ALPN whatever it says.
     h2c: bool,
+    /// An `http://` target sent to over hyper directly (HTTP/1.1), its headers prepared.
+    direct: Option<Endpoint>,
 }
 
 impl Target {
@@ -116,11 +123,14 @@ impl Target {
                 extra.insert(name, value);
             }
         }
+        let url = parse_url(url);
+        let direct = url.as_ref().ok().and_then(|u| Endpoint::new(u, &extra));
         Target {
-            url: parse_url(url),
+            url,
             key: Key::parse(secret),
             headers: extra,
             h2c: false,
+            direct,
         }
     }
 
@@ -128,6 +138,9 @@ impl Target {
     /// is `http://`.
     pub fn with_http2(mut self, on: bool) -> Target {
         self.h2c = on && self.url.as_ref().is_ok_and(|u| u.scheme() == "http");
+        if self.h2c {
+            self.direct = None;
+        }
         self
     }
 }
@@ -149,6 +162,9 @@ pub struct Message<'a> {
 pub struct Sender {
     client: reqwest::Client,
     h2c: reqwest::Client,
+    /// Keep-alive HTTP/1.1 connections of cleartext targets (unused behind a proxy).
+    direct: Option<Arc<Pool>>,
+    timeout: Duration,
     allow_private: bool,
 }
 
@@ -164,9 +180,14 @@ impl Sender {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Self::client(timeout, allow_private, proxy, false)?;
         let h2c = Self::client(timeout, allow_private, proxy, true)?;
+        let direct = proxy
+            .is_none()
+            .then(|| Arc::new(Pool::new(allow_private, timeout)));
         Ok(Sender {
             client,
             h2c,
+            direct,
+            timeout,
             allow_private,
         })
     }
@@ -299,17 +320,30 @@ impl Sender {
         };
         let timestamp = chrono::Utc::now().timestamp();
         let signature = key.sign(message.id, timestamp, &message.body);
+        if let (Some(endpoint), Some(pool)) = (&target.direct, &self.direct) {
+            let mut headers = endpoint.base.clone();
+            signed(&mut headers, message.id, timestamp, &signature);
+            let exchange = pool.post(
+                endpoint,
+                headers,
+                message.body.clone(),
+                (MAX_ERROR_TEXT, MAX_RESPONSE_BODY),
+                DRAIN_SUCCESS,
+            );
+            return match tokio::time::timeout(self.timeout, exchange).await {
+                Ok(Ok(answer)) => answered(answer.status, answer.retry_after, &answer.start),
+                Ok(Err(e @ DirectError::Connect(_))) => Outcome::Unreachable {
+                    error: bounded_text(e.to_string().as_bytes(), MAX_ERROR_TEXT),
+                },
+                Ok(Err(e)) => failed(bounded_text(e.to_string().as_bytes(), MAX_ERROR_TEXT)),
+                Err(_) => Outcome::Unreachable {
+                    error: "timeout: operation timed out".into(),
+                },
+            };
+        }
         let mut headers = target.headers.clone();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
-        headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
-        for (name, value) in [
-            ("webhook-id", message.id),
-            ("webhook-signature", &signature),
-        ] {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                headers.insert(name, value);
-            }
-        }
+        signed(&mut headers, message.id, timestamp, &signature);
         let client = if target.h2c { &self.h2c } else { &self.client };
         let request = client
             .post(url.clone())
@@ -324,37 +358,53 @@ impl Sender {
                     .filter(|v| v.len() <= MAX_RETRY_AFTER_LEN)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                let outcome = classify(status, retry_after.as_deref());
-                match outcome {
-                    Outcome::Failed { error, retry_after } => {
-                        // The first bytes of the answer say why; the rest is not read.
-                        let start = read_start(&mut response, MAX_ERROR_TEXT)
-                            .await
-                            .unwrap_or_default();
-                        let text = bounded_text(&start, MAX_ERROR_TEXT);
-                        let error = if text.is_empty() {
-                            error
-                        } else {
-                            format!("{error}: {text}")
-                        };
-                        Outcome::Failed { error, retry_after }
-                    }
-                    outcome => {
-                        // Drained briefly so the connection can be reused; never waited on.
-                        let _ = tokio::time::timeout(
-                            DRAIN_SUCCESS,
-                            read_start(&mut response, MAX_RESPONSE_BODY),
-                        )
-                        .await;
-                        outcome
-                    }
+                if (200..300).contains(&status) {
+                    // Drained briefly so the connection can be reused; never waited on.
+                    let _ = tokio::time::timeout(
+                        DRAIN_SUCCESS,
+                        read_start(&mut response, MAX_RESPONSE_BODY),
+                    )
+                    .await;
+                    return answered(status, retry_after, &[]);
                 }
+                // The first bytes of the answer say why; the rest is not read.
+                let start = read_start(&mut response, MAX_ERROR_TEXT)
+                    .await
+                    .unwrap_or_default();
+                answered(status, retry_after, &start)
             }
             Err(e) if e.is_connect() || e.is_timeout() => Outcome::Unreachable {
                 error: transport_error(&e),
             },
             Err(e) => failed(transport_error(&e)),
         }
+    }
+}
+
+/// Adds the Standard Webhooks headers of one signed message.
+fn signed(headers: &mut HeaderMap, id: &str, timestamp: i64, signature: &str) {
+    headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+    for (name, value) in [("webhook-id", id), ("webhook-signature", signature)] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// The outcome of an answer with `status`, its `Retry-After` and the first bytes of its
+/// body (`start`, named in a failure's error).
+fn answered(status: u16, retry_after: Option<String>, start: &[u8]) -> Outcome {
+    match classify(status, retry_after.as_deref()) {
+        Outcome::Failed { error, retry_after } => {
+            let text = bounded_text(start, MAX_ERROR_TEXT);
+            let error = if text.is_empty() {
+                error
+            } else {
+                format!("{error}: {text}")
+            };
+            Outcome::Failed { error, retry_after }
+        }
+        outcome => outcome,
     }
 }
 

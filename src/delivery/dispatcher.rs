@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::job::{Done, Job};
+use super::job::{Completed, Done, Job};
 use super::spill::key;
 use super::watermark::Watermark;
 use super::{Delivery, locked};
@@ -43,7 +43,7 @@ impl Delivery {
         routing: LiveRouting,
         stop: CancellationToken,
     ) {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completed>();
         let mut watermark = Watermark::new(ack);
         let mut outstanding = 0usize;
         let mut snapshot = routing.snapshot();
@@ -72,8 +72,9 @@ impl Delivery {
             };
             tokio::select! {
                 biased;
-                Some(id) = done_rx.recv() => {
+                Some((id, sub)) = done_rx.recv() => {
                     outstanding -= 1;
+                    sub.in_memory.fetch_sub(1, Ordering::AcqRel);
                     watermark.done(id);
                 }
                 message = changes.recv(), if intake => match message {
@@ -92,8 +93,8 @@ impl Delivery {
                             let Some(tx) = watermark.add_job() else { break };
                             let (job, next) = self.chain(route.clone(), event.clone(), outstanding);
                             outstanding += 1;
-                            let done = Done::new(next, tx, done_tx.clone());
-                            tokio::spawn(self.clone().run_job(job, routing.clone(), done));
+                            let done = Done::new(next, tx, job.sub.clone(), done_tx.clone());
+                            tokio::spawn(self.clone().run_job(job, done));
                         }
                     }
                     Some(CaptureMessage::Commit(commit)) => watermark.commit(commit.end_lsn, commit.commit_time),
@@ -115,7 +116,9 @@ impl Delivery {
     /// waits on. A subscription is overloaded — its new jobs wait in the table — when it
     /// holds `max_waiting` jobs in memory, the memory budget is half used, and it holds most
     /// of it: then it is what keeps the others waiting. Otherwise a full budget pauses the
-    /// stream (backpressure) and nothing is written.
+    /// stream (backpressure) and nothing is written. Both counts are the dispatcher's own
+    /// (a subscription's count is lowered where `outstanding` is), so a lone subscription
+    /// is never overloaded by jobs that finished but were not yet counted out.
     fn chain(
         &self,
         route: Arc<Route>,
@@ -139,6 +142,7 @@ impl Delivery {
         let queue_only = state.spilled || overloaded || sub.all_queued.load(Ordering::Acquire);
         let job = Job {
             route,
+            sub: sub.clone(),
             event,
             key,
             prev,

@@ -21,7 +21,6 @@ use super::queue::RowRef;
 use super::spill::Queued;
 use super::{Delivery, Key, SubState, Verdict};
 use crate::events::Event;
-use crate::subscriptions::live::LiveRouting;
 use crate::subscriptions::routing::Route;
 
 /// Tries to settle the queued row of an attempt that outlived the hold (~30 s in all).
@@ -30,6 +29,8 @@ const SETTLE_TRIES: u32 = 10;
 /// One delivery in memory.
 pub(super) struct Job {
     pub(super) route: Arc<Route>,
+    /// The state of its subscription.
+    pub(super) sub: Arc<SubState>,
     pub(super) event: Arc<Event>,
     pub(super) key: Key,
     /// The predecessor's completion: `true` if it was delivered in memory.
@@ -43,19 +44,28 @@ pub(super) struct Job {
 pub(super) struct Done {
     next: Option<oneshot::Sender<bool>>,
     tx: u64,
-    completions: mpsc::UnboundedSender<u64>,
+    sub: Arc<SubState>,
+    completions: mpsc::UnboundedSender<Completed>,
 }
 
+/// A job's completion as the dispatcher takes it: its transaction, and its subscription,
+/// whose count of jobs in memory the dispatcher lowers (so that count and the dispatcher's
+/// own total always agree, see `Delivery::chain`).
+pub(super) type Completed = (u64, Arc<SubState>);
+
 impl Done {
-    /// For a job of transaction `tx` whose successor listens on `next`.
+    /// For a job of transaction `tx` and subscription `sub` whose successor listens on
+    /// `next`.
     pub(super) fn new(
         next: oneshot::Sender<bool>,
         tx: u64,
-        completions: mpsc::UnboundedSender<u64>,
+        sub: Arc<SubState>,
+        completions: mpsc::UnboundedSender<Completed>,
     ) -> Done {
         Done {
             next: Some(next),
             tx,
+            sub,
             completions,
         }
     }
@@ -64,21 +74,16 @@ impl Done {
     fn finish(&mut self, delivered: bool) {
         if let Some(next) = self.next.take() {
             let _ = next.send(delivered);
-            let _ = self.completions.send(self.tx);
+            let _ = self.completions.send((self.tx, self.sub.clone()));
         }
     }
 }
 
 impl Delivery {
     /// Runs a job to done, then lets its in-memory attempt (if one outlived the hold) end.
-    pub(super) async fn run_job(
-        self: Arc<Self>,
-        mut job: Job,
-        routing: LiveRouting,
-        mut done: Done,
-    ) {
+    pub(super) async fn run_job(self: Arc<Self>, mut job: Job, mut done: Done) {
         let sub_id = job.route.subscription.id;
-        let sub = self.sub(sub_id);
+        let sub = job.sub.clone();
         let prev_delivered = match job.prev.take() {
             Some(rx) => rx.await.unwrap_or(false),
             None => true,
@@ -91,12 +96,14 @@ impl Delivery {
             // Its batch takes the slot, makes the attempt and queues it if need be.
             let delivered = self.batched(&job, &sub, body).await;
             done.finish(delivered);
-            sub.in_memory.fetch_sub(1, Ordering::AcqRel);
             self.forget_job(&job.key);
             return;
         }
         let permit = if skip || self.draining.is_cancelled() {
             None
+        } else if let Ok(permit) = sub.permits.try_acquire() {
+            // A free slot: no timer, no wait.
+            Some(permit)
         } else {
             tokio::select! {
                 permit = sub.permits.acquire() => permit.ok(),
@@ -105,7 +112,7 @@ impl Delivery {
             }
         };
         // Deleted or deactivated since routing: nothing more is sent to it.
-        let unsubscribed = || routing.snapshot().subscription(sub_id).is_none();
+        let unsubscribed = || self.routing.snapshot().subscription(sub_id).is_none();
         // Checked after the wait for a slot: a concurrent attempt may have opened it.
         let open = sub.breaker.open();
         let mut held = None;
@@ -154,7 +161,6 @@ impl Delivery {
                 done.finish(false);
             }
         }
-        sub.in_memory.fetch_sub(1, Ordering::AcqRel);
         self.forget_job(&job.key);
         if let Some(outcome) = held {
             self.settle_held(&job, &sub, outcome).await;

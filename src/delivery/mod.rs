@@ -15,9 +15,10 @@
 //! [`job`] (one event to one subscription: wait for its row's predecessor, a slot, the
 //! attempt), [`spill`] (into the queue table, and the in-memory marks that keep later
 //! events of a row behind it), [`retrier`] (due rows of the table), [`watermark`] (which
-//! transactions may be acknowledged), [`client`] (reqwest + [`guard`] + [`signing`]), whose
-//! outcome [`retry`] judges. A subscription whose endpoint cannot be reached has its
-//! [`breaker`] opened: its events queue without attempts until the next probe.
+//! transactions may be acknowledged), [`client`] ([`guard`] + [`signing`]; hyper directly
+//! for cleartext HTTP/1.1 targets, reqwest for the others), whose outcome [`retry`] judges.
+//! A subscription whose endpoint cannot be reached has its [`breaker`] opened: its events
+//! queue without attempts until the next probe.
 //!
 //! Guarantees:
 //! - A transaction's end LSN is acknowledged only when every job of it, and of every earlier
@@ -35,6 +36,7 @@
 mod batch;
 pub mod breaker;
 pub mod client;
+mod direct;
 mod dispatcher;
 pub mod guard;
 mod job;

@@ -162,6 +162,15 @@ pub struct Enqueue<'a> {
     pub batch_id: Option<&'a str>,
 }
 
+/// What [`Queue::claim`] picks: single rows, or whole batches.
+#[derive(Clone, Copy)]
+enum Claim {
+    /// Rows that are not members of a batch.
+    Rows,
+    /// Every row of each picked batch.
+    Batches,
+}
+
 /// Which queued row an update is for.
 #[derive(Debug, Clone, Copy)]
 pub enum RowRef<'a> {
@@ -465,22 +474,7 @@ impl Queue {
 
     /// Claims up to `limit` due rows for `lease`, oldest first, one per (subscription, row).
     pub async fn claim_due(&self, limit: i64, lease: Duration) -> Result<Vec<Claimed>, QueueError> {
-        let mut conn = self.conn().await?;
-        Ok(diesel::sql_query(
-            "UPDATE walhook.delivery_queue q SET next_attempt_at = now() + make_interval(secs => $2) \
-             WHERE q.id IN ( \
-               SELECT c.id FROM walhook.delivery_queue c \
-               WHERE c.status = 'pending' AND c.next_attempt_at <= now() AND c.batch_id IS NULL \
-                 AND NOT EXISTS (SELECT 1 FROM walhook.delivery_queue e \
-                   WHERE e.subscription_id = c.subscription_id AND e.row_key = c.row_key \
-                     AND e.status = 'pending' AND e.id < c.id) \
-               ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING q.id, q.subscription_id, q.event_id, q.row_key, q.body, q.attempts, q.batch_id",
-        )
-        .bind::<BigInt, _>(limit)
-        .bind::<Double, _>(sql_secs(lease))
-        .load(&mut conn)
-        .await?)
+        self.claim(Claim::Rows, limit, lease).await
     }
 
     /// Claims every row of up to `limit` due batches for `lease` (rows of a batch share
@@ -494,26 +488,46 @@ impl Queue {
         limit: i64,
         lease: Duration,
     ) -> Result<Vec<Claimed>, QueueError> {
-        let mut conn = self.conn().await?;
-        let mut rows: Vec<Claimed> = diesel::sql_query(
-            "UPDATE walhook.delivery_queue q SET next_attempt_at = now() + make_interval(secs => $2) \
-             WHERE q.status = 'pending' AND q.next_attempt_at <= now() AND (q.subscription_id, q.batch_id) IN ( \
-               SELECT c.subscription_id, c.batch_id FROM walhook.delivery_queue c \
-               WHERE c.status = 'pending' AND c.next_attempt_at <= now() AND c.batch_id IS NOT NULL \
-                 AND NOT EXISTS (SELECT 1 FROM walhook.delivery_queue e \
-                   WHERE e.subscription_id = c.subscription_id AND e.row_key = c.row_key \
-                     AND e.status = 'pending' AND e.id < c.id) \
-               ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING q.id, q.subscription_id, q.event_id, q.row_key, q.body, q.attempts, q.batch_id",
-        )
-        .bind::<BigInt, _>(limit)
-        .bind::<Double, _>(sql_secs(lease))
-        .load(&mut conn)
-        .await?;
+        let mut rows = self.claim(Claim::Batches, limit, lease).await?;
         rows.sort_by(|a, b| {
             (a.subscription_id, &a.batch_id, a.id).cmp(&(b.subscription_id, &b.batch_id, b.id))
         });
         Ok(rows)
+    }
+
+    /// The one claiming statement: due rows that head their (subscription, row) — no older
+    /// pending row of it — picked in id order with `SKIP LOCKED`, leased for `lease`.
+    async fn claim(
+        &self,
+        claim: Claim,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, QueueError> {
+        let (outer, picked, batch) = match claim {
+            Claim::Rows => ("q.id", "c.id", "IS NULL"),
+            Claim::Batches => (
+                "q.status = 'pending' AND q.next_attempt_at <= now() \
+                 AND (q.subscription_id, q.batch_id)",
+                "c.subscription_id, c.batch_id",
+                "IS NOT NULL",
+            ),
+        };
+        let mut conn = self.conn().await?;
+        Ok(diesel::sql_query(format!(
+            "UPDATE walhook.delivery_queue q SET next_attempt_at = now() + make_interval(secs => $2) \
+             WHERE {outer} IN ( \
+               SELECT {picked} FROM walhook.delivery_queue c \
+               WHERE c.status = 'pending' AND c.next_attempt_at <= now() AND c.batch_id {batch} \
+                 AND NOT EXISTS (SELECT 1 FROM walhook.delivery_queue e \
+                   WHERE e.subscription_id = c.subscription_id AND e.row_key = c.row_key \
+                     AND e.status = 'pending' AND e.id < c.id) \
+               ORDER BY c.id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING q.id, q.subscription_id, q.event_id, q.row_key, q.body, q.attempts, q.batch_id"
+        ))
+        .bind::<BigInt, _>(limit)
+        .bind::<Double, _>(sql_secs(lease))
+        .load(&mut conn)
+        .await?)
     }
 
     /// Removes a delivered row.

@@ -7,17 +7,32 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use bytes::Bytes;
+
 use super::batch::{array, batching};
 use super::client::Message;
 use super::queue::{Claimed, QueueError, RowRef};
 use super::retry::Outcome;
 use super::spill::key;
-use super::{Delivery, SubState, Verdict};
-use crate::subscriptions::live::LiveRouting;
+use super::{Delivery, Key, SubState, Verdict};
+use crate::subscriptions::routing::Route;
+
+/// A claimed queue row, or the rows of a claimed batch, to be sent again.
+pub(super) struct Retry<'a> {
+    pub(super) sub_id: uuid::Uuid,
+    /// The row, or the batch, in the queue table.
+    pub(super) row: RowRef<'a>,
+    /// The (subscription, row) keys of its rows.
+    pub(super) keys: Vec<Key>,
+    /// Which attempt this is: one more than the most its rows had.
+    pub(super) attempts: i32,
+    /// Its `webhook-id`: the event id, or the batch id.
+    pub(super) id: &'a str,
+}
 
 impl Delivery {
     /// Serves due rows of the queue table until `stop`.
-    pub async fn run_retries(self: Arc<Self>, routing: LiveRouting, stop: CancellationToken) {
+    pub async fn run_retries(self: Arc<Self>, stop: CancellationToken) {
         let mut running = tokio::task::JoinSet::new();
         while !stop.is_cancelled() {
             while running.try_join_next().is_some() {}
@@ -43,7 +58,7 @@ impl Delivery {
             match claimed {
                 Ok(rows) if !rows.is_empty() || batches > 0 => {
                     for row in rows {
-                        running.spawn(self.clone().retry_row(row, routing.clone(), stop.clone()));
+                        running.spawn(self.clone().retry_row(row, stop.clone()));
                     }
                     continue;
                 }
@@ -58,31 +73,59 @@ impl Delivery {
         while running.join_next().await.is_some() {}
     }
 
-    async fn retry_row(
-        self: Arc<Self>,
-        row: Claimed,
-        routing: LiveRouting,
-        stop: CancellationToken,
+    /// Sends one claimed row (not a batch member) again and settles it.
+    async fn retry_row(self: Arc<Self>, row: Claimed, stop: CancellationToken) {
+        let retry = Retry {
+            sub_id: row.subscription_id,
+            row: RowRef::Id(row.id),
+            keys: vec![key(row.subscription_id, &row.row_key)],
+            attempts: row.attempts + 1,
+            id: &row.event_id,
+        };
+        // A batching subscription's receiver gets arrays: an event queued on its own (it
+        // never joined a batch) is sent as an array of one.
+        let body = |route: &Route| match batching(route) {
+            Some(_) => array([row.body.as_bytes()]),
+            None => Bytes::copy_from_slice(row.body.as_bytes()),
+        };
+        self.retry_claimed(retry, body, &stop).await;
+    }
+
+    /// Sends a claimed row or batch again (`body` built for the subscription's current
+    /// route) and settles it: what both have in common. Its rows must have no job in
+    /// memory (else it is handed back, to come again soon); it is not attempted while the
+    /// subscription's breaker is open, nor when stopping (handed back for the next run or
+    /// another daemon); one of the subscription's request slots is taken for the attempt.
+    pub(super) async fn retry_claimed(
+        &self,
+        retry: Retry<'_>,
+        body: impl FnOnce(&Route) -> Bytes,
+        stop: &CancellationToken,
     ) {
-        let sub = self.sub(row.subscription_id);
+        let Retry {
+            sub_id,
+            row,
+            keys,
+            attempts,
+            id,
+        } = retry;
+        let sub = self.sub(sub_id);
         let spills = sub.spills.load(Ordering::Acquire);
-        let key = key(row.subscription_id, &row.row_key);
-        let Some(generation) = self.idle_generation(&key) else {
-            // Its row still has jobs in memory; they queue behind this one. Try again soon.
-            self.logged(
-                self.queue
-                    .release(RowRef::Id(row.id), Duration::from_millis(200))
-                    .await,
-            );
+        let Some(generations) = keys
+            .iter()
+            .map(|k| self.idle_generation(k))
+            .collect::<Option<Vec<u64>>>()
+        else {
+            // A row of it still has jobs in memory; they queue behind it. Soon again.
+            self.logged(self.queue.release(row, Duration::from_millis(200)).await);
             return;
         };
-        let attempts = row.attempts + 1;
-        let snapshot = routing.snapshot();
-        let result = match snapshot.subscription(row.subscription_id) {
+        let snapshot = self.routing.snapshot();
+        let result = match snapshot.subscription(sub_id) {
             None => {
                 self.queue
                     .failed(
-                        RowRef::Id(row.id),
+                        row,
                         attempts - 1,
                         None,
                         "subscription inactive, expired or deleted",
@@ -92,7 +135,7 @@ impl Delivery {
             Some(route) => {
                 if let Some(open) = sub.breaker.open() {
                     // Not attempted while the endpoint is known unreachable.
-                    self.logged(self.queue.release(RowRef::Id(row.id), open.remaining).await);
+                    self.logged(self.queue.release(row, open.remaining).await);
                     return;
                 }
                 let permit = tokio::select! {
@@ -100,40 +143,28 @@ impl Delivery {
                     _ = stop.cancelled() => None,
                 };
                 if permit.is_none() {
-                    // Shutting down: hand the row back for the next run (or another daemon).
-                    self.logged(self.queue.release(RowRef::Id(row.id), Duration::ZERO).await);
+                    self.logged(self.queue.release(row, Duration::ZERO).await);
                     return;
                 }
-                // A batching subscription's receiver gets arrays: an event queued on its own
-                // (it never joined a batch) is sent as an array of one.
-                let body = match batching(route) {
-                    Some(_) => array([row.body.as_bytes()]),
-                    None => row.body.into(),
-                };
                 let message = Message {
                     target: &route.target,
-                    id: &row.event_id,
-                    body,
+                    id,
+                    body: body(route),
                 };
                 let outcome = self.sender.send(&message).await;
                 drop(permit);
-                self.settle(
-                    &sub,
-                    row.subscription_id,
-                    RowRef::Id(row.id),
-                    attempts as u32,
-                    outcome,
-                )
-                .await
+                self.settle(&sub, sub_id, row, attempts as u32, outcome)
+                    .await
             }
         };
         if let Err(e) = result {
-            tracing::warn!(error = %e, "updating a queued delivery failed; its lease expires and it is retried");
+            tracing::warn!(error = %e, webhook_id = %id, "updating a queued delivery failed; its lease expires and it is retried");
             return;
         }
-        self.unmark_if_empty(&sub, &key, generation).await;
-        self.unmark_sub_if_empty(&sub, row.subscription_id, spills)
-            .await;
+        for (key, generation) in keys.iter().zip(generations) {
+            self.unmark_if_empty(&sub, key, generation).await;
+        }
+        self.unmark_sub_if_empty(&sub, sub_id, spills).await;
     }
 
     /// Settles a queued row after its `attempts`-th attempt: deleted when delivered, else

@@ -1,0 +1,307 @@
+//! HTTP/1.1 on hyper directly, for cleartext `http://` targets when no `delivery.proxy` is
+//! set and the subscription did not opt into HTTP/2: the per-request path without reqwest's
+//! layers (request builder, tower stack, pool checkout through a shared lock per request).
+//!
+//! ```text
+//! Endpoint (prepared per routing build: host, port, origin-form path, base headers)
+//!   ─▶ Pool::post: an idle keep-alive connection of that host:port, or a new one
+//!        (names resolved here; with private targets refused, every resolved address is
+//!         checked by the guard and only allowed ones are connected to)
+//!   ─▶ one request ─▶ status, Retry-After, the first bytes of the body
+//!   ─▶ the connection back to the idle list when the response was read to its end
+//! ```
+//!
+//! The bounds of the reqwest path hold here too: at most [`MAX_RESPONSE_HEADERS`] response
+//! headers, at most `cap` bytes of a body read, and the caller bounds the whole exchange by
+//! the delivery timeout. A connection whose response was not read to the end is dropped,
+//! never reused. A request that a reused connection could not even start (closed by the
+//! server while idle) is sent once more on a fresh connection.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+
+use super::guard;
+
+/// Most response headers accepted; more fails the attempt (as on the reqwest path).
+pub(super) const MAX_RESPONSE_HEADERS: usize = 64;
+
+/// Idle keep-alive connections kept per host:port.
+const MAX_IDLE_PER_HOST: usize = 64;
+
+/// A cleartext target, prepared once per routing build.
+#[derive(Debug, Clone)]
+pub(super) struct Endpoint {
+    /// Host as written in the URL (brackets of an IPv6 literal removed).
+    host: Arc<str>,
+    port: u16,
+    /// `host:port`, the idle list's key.
+    authority: Arc<str>,
+    /// The request target in origin form (path and query).
+    path: Uri,
+    /// `host`, `content-type`, `user-agent` and the subscription's extra headers.
+    pub(super) base: HeaderMap,
+}
+
+impl Endpoint {
+    /// The endpoint of an `http://` URL, with `extra` headers; `None` for other schemes or a
+    /// URL hyper cannot take as it is (those keep the reqwest path).
+    pub(super) fn new(url: &reqwest::Url, extra: &HeaderMap) -> Option<Endpoint> {
+        if url.scheme() != "http" {
+            return None;
+        }
+        let host = url.host_str()?.trim_matches(['[', ']']);
+        let port = url.port_or_known_default()?;
+        let authority = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str()?),
+            None => url.host_str()?.to_owned(),
+        };
+        let path = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let mut base = HeaderMap::with_capacity(8 + extra.len());
+        base.insert("host", HeaderValue::from_str(&authority).ok()?);
+        base.insert("content-type", HeaderValue::from_static("application/json"));
+        base.insert(
+            "user-agent",
+            HeaderValue::from_static(concat!("walhook/", env!("CARGO_PKG_VERSION"))),
+        );
+        for (name, value) in extra {
+            base.insert(name, value.clone());
+        }
+        Some(Endpoint {
+            host: Arc::from(host),
+            port,
+            authority: Arc::from(format!("{host}:{port}")),
+            path: path.parse().ok()?,
+            base,
+        })
+    }
+}
+
+/// What an endpoint answered.
+pub(super) struct Answer {
+    /// The status code.
+    pub(super) status: u16,
+    /// Its `Retry-After` value, when short enough to read.
+    pub(super) retry_after: Option<String>,
+    /// The first bytes of the body (at most the cap asked for).
+    pub(super) start: Bytes,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DirectError {
+    /// No connection could be made (name resolution, the guard, TCP connect, handshake).
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The request or its response broke off.
+    #[error("request: {0}")]
+    Request(String),
+}
+
+/// The request body: one buffer, sent as is with its length.
+struct OneShot(Option<Bytes>);
+
+impl Body for OneShot {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.get_mut().0.take().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.len() as u64))
+    }
+}
+
+/// Keep-alive HTTP/1.1 connections per host:port.
+pub(super) struct Pool {
+    idle: Mutex<HashMap<Arc<str>, Vec<SendRequest<OneShot>>>>,
+    allow_private: bool,
+    connect_timeout: Duration,
+}
+
+impl Pool {
+    /// An empty pool; private addresses refused unless `allow_private`.
+    pub(super) fn new(allow_private: bool, connect_timeout: Duration) -> Pool {
+        Pool {
+            idle: Mutex::new(HashMap::new()),
+            allow_private,
+            connect_timeout,
+        }
+    }
+
+    /// POSTs `body` with `headers` to `endpoint` and reads at most `cap` bytes of a failure's
+    /// body, or of a 2xx's at most `success_cap` for at most `drain` (a success's body is
+    /// only drained so the connection can be reused). The caller bounds the whole exchange.
+    pub(super) async fn post(
+        &self,
+        endpoint: &Endpoint,
+        headers: HeaderMap,
+        body: Bytes,
+        (cap, success_cap): (usize, usize),
+        drain: Duration,
+    ) -> Result<Answer, DirectError> {
+        let mut request = Request::new(OneShot(Some(body)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = endpoint.path.clone();
+        *request.headers_mut() = headers;
+        let (sender, response) = loop {
+            let (mut sender, reused) = match self.take(&endpoint.authority).await {
+                Some(sender) => (sender, true),
+                None => (self.connect(endpoint).await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => break (sender, response),
+                Err(mut e) => match e.take_message() {
+                    // Never started on an idle connection the server had closed: again,
+                    // on a fresh one.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(DirectError::Request(innermost(e.error()))),
+                },
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .filter(|v| v.len() <= super::retry::MAX_RETRY_AFTER_LEN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut incoming = response.into_body();
+        let (start, ended) = if incoming.is_end_stream() {
+            (Bytes::new(), true)
+        } else if (200..300).contains(&status) {
+            tokio::time::timeout(drain, read_start(&mut incoming, success_cap))
+                .await
+                .unwrap_or((Bytes::new(), false))
+        } else {
+            read_start(&mut incoming, cap).await
+        };
+        if ended && !sender.is_closed() {
+            // The connection finishes the response in its own task; `take` waits until it
+            // is ready again.
+            self.put(&endpoint.authority, sender);
+        }
+        Ok(Answer {
+            status,
+            retry_after,
+            start,
+        })
+    }
+
+    /// An idle connection of `authority` that is still open and ready.
+    async fn take(&self, authority: &str) -> Option<SendRequest<OneShot>> {
+        loop {
+            let sender = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_mut(authority)?
+                .pop()?;
+            let mut sender = sender;
+            if !sender.is_closed() && sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn put(&self, authority: &Arc<str>, sender: SendRequest<OneShot>) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = idle.entry(authority.clone()).or_default();
+        if list.len() < MAX_IDLE_PER_HOST {
+            list.push(sender);
+        }
+    }
+
+    /// A new connection to `endpoint`: its name resolved here, and with private targets
+    /// refused, only addresses the guard allows connected to.
+    async fn connect(&self, endpoint: &Endpoint) -> Result<SendRequest<OneShot>, DirectError> {
+        let connect = async {
+            let addrs: Vec<SocketAddr> = match endpoint.host.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, endpoint.port)],
+                Err(_) => tokio::net::lookup_host((&*endpoint.host, endpoint.port))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .collect(),
+            };
+            let allowed = addrs
+                .into_iter()
+                .filter(|a| self.allow_private || !guard::is_forbidden(a.ip()));
+            let mut last = None;
+            for addr in allowed {
+                match tokio::net::TcpStream::connect(addr).await {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        return Ok(stream);
+                    }
+                    Err(e) => last = Some(e.to_string()),
+                }
+            }
+            Err(last.unwrap_or_else(|| guard::Forbidden(endpoint.host.to_string()).to_string()))
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| DirectError::Connect("operation timed out".into()))?
+            .map_err(DirectError::Connect)?;
+        let (sender, connection) = http1::Builder::new()
+            .max_headers(MAX_RESPONSE_HEADERS)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| DirectError::Connect(innermost(&e)))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+}
+
+/// Reads at most `cap` bytes of a body; whether it was read to its end.
+async fn read_start(body: &mut Incoming, cap: usize) -> (Bytes, bool) {
+    let mut read = BytesMut::new();
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
+        match frame {
+            Some(Ok(frame)) => {
+                if let Ok(chunk) = frame.into_data() {
+                    let room = cap.saturating_sub(read.len());
+                    read.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if read.len() >= cap && !body.is_end_stream() {
+                        return (read.freeze(), false);
+                    }
+                }
+            }
+            Some(Err(_)) => return (read.freeze(), false),
+            None => return (read.freeze(), true),
+        }
+    }
+}
+
+/// The most specific cause of an error.
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
