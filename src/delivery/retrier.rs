@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{array, batching};
 use super::client::Message;
 use super::queue::{Claimed, QueueError, RowRef};
+use super::recent::Attempt;
 use super::retry::Outcome;
 use super::spill::key;
 use super::{Delivery, SubState, Verdict};
@@ -115,6 +116,7 @@ impl Delivery {
                     id: &row.event_id,
                     body,
                 };
+                let started = std::time::Instant::now();
                 let outcome = self.sender.send(&message).await;
                 drop(permit);
                 self.settle(
@@ -123,6 +125,7 @@ impl Delivery {
                     RowRef::Id(row.id),
                     attempts as u32,
                     outcome,
+                    Attempt::new(&row.event_id, started.elapsed()),
                 )
                 .await
             }
@@ -145,8 +148,9 @@ impl Delivery {
         row: RowRef<'_>,
         attempts: u32,
         outcome: Outcome,
+        attempt: Attempt<'_>,
     ) -> Result<(), QueueError> {
-        match self.judge(sub, id, attempts, outcome).await {
+        match self.judge(sub, id, attempts, outcome, attempt).await {
             Verdict::Delivered => self.queue.delete(row).await,
             Verdict::Retry { delay, error } => {
                 self.queue
