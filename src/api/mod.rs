@@ -21,12 +21,12 @@
 
 pub mod auth;
 mod body;
-mod catalog;
+pub(crate) mod catalog;
 mod error;
 mod health;
-mod hooks;
+pub(crate) mod hooks;
 mod limit;
-mod store;
+pub(crate) mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
