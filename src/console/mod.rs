@@ -205,6 +205,11 @@ pub fn router(state: Arc<ConsoleState>) -> Router {
         .route("/console/assets/console.css", get(assets::css))
         .route("/console/assets/console.js", get(assets::js))
         .layer(DefaultBodyLimit::max(crate::api::MAX_BODY_BYTES))
+        // The API's bound on one request (`api.request_timeout_ms`), then the headers.
+        .layer(middleware::from_fn_with_state(
+            state.api.clone(),
+            crate::api::time_limit,
+        ))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }

@@ -378,3 +378,60 @@ async fn an_owner_token_cannot_reach_another_owners_subscription() {
     assert!(!catalog.text.contains("invoices.created"));
     f.daemon.stop().await;
 }
+
+#[tokio::test]
+async fn token_create_admin_makes_a_token_that_sees_everything() {
+    let f = ApiFixture::start("console_admin_cli", |_| {}).await;
+    let alice = f.token("alice", &["orders.*"]).await;
+    let id = subscribe(
+        &f,
+        &alice,
+        "http://127.0.0.1:9/alice",
+        r#"["orders.created"]"#,
+    )
+    .await;
+    let walhook = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_walhook"))
+            .args(args)
+            .env("WALHOOK_DATABASE_URL", &f.db.url)
+            .env("WALHOOK_LOG", "walhook=warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (token, said) = walhook(&["token", "create", "--admin"]);
+    assert!(said.starts_with("admin token "), "{said}");
+    assert!(said.ends_with(" for owner \"admin\", scopes [\"*\"] (shown only now):\n"));
+    let token = token.trim();
+    let mut console = Console::new(&f);
+    let login = console.login(token).await;
+    assert_eq!((login.status, login.header("location")), (303, "/console"));
+    assert_eq!(
+        console.get("/console").await.header("location"),
+        "/console/overview"
+    );
+    assert_eq!(console.get("/console/overview").await.status, 200);
+    let page = console.get(&format!("/console/subscriptions/{id}")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("Owner alice"));
+    // An owner token is not an admin; `token list` says which is which.
+    let (list, _) = walhook(&["token", "list"]);
+    let admins: Vec<(&str, &str)> = list
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            (cols[1], cols[6])
+        })
+        .collect();
+    assert_eq!(admins, [("alice", "false"), ("admin", "true")]);
+    f.daemon.stop().await;
+}

@@ -2,6 +2,7 @@
 //! real headless Chromium driven by Playwright for Python (`browser.py`).
 
 mod browser;
+mod demo;
 mod http;
 
 use std::time::Duration;
@@ -79,8 +80,14 @@ pub fn form(fields: &[(&str, &str)]) -> String {
 impl Console {
     /// A client of the console of `fixture`'s daemon, with no cookies.
     pub fn new(fixture: &ApiFixture) -> Console {
+        Console::at(&fixture.api.base)
+    }
+
+    /// A client of the console at `base` (`http://HOST:PORT`), with no cookies.
+    pub fn at(base: &str) -> Console {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Console {
-            base: fixture.api.base.clone(),
+            base: base.to_owned(),
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
