@@ -57,7 +57,6 @@ def main():
         login(page, ARGS["admin_token"])
         expect(page).to_have_url(f"{BASE}/console/overview")
         expect(page.locator("#capture")).to_contain_text("streaming")
-        page.screenshot(path=f"{SHOTS}/overview.png", full_page=True)
 
         sub = ARGS["subscription"]
         page.goto(f"{BASE}/console/subscriptions/{sub}")
@@ -84,6 +83,15 @@ def main():
         expect(delivered.first).to_be_visible(timeout=10000)
         expect(page.locator("#queue")).to_contain_text("Nothing queued", timeout=10000)
         wait("redelivered")
+
+        # The overview's charts fill in (a sample every 10 s), refreshed live; its screenshot.
+        page.goto(f"{BASE}/console/overview")
+        page.wait_for_function(
+            """() => document.querySelectorAll("svg.chart polyline")[1]
+                   .getAttribute("points").trim().split(" ").length >= 2""",
+            timeout=30000,
+        )
+        page.screenshot(path=f"{SHOTS}/overview.png", full_page=True)
 
         # 3. 360 px wide, dark.
         narrow = browser.new_context(
