@@ -234,9 +234,23 @@ async fn table_call(
         return Err(ConsoleError::AdminOnly);
     }
     let table = action.field("table").trim();
+    // Sessions of walhook have no schema on their search path: a bare name means public's
+    // table; then exact spelling first, SQL syntax second, as for `[[tables]]` names.
+    let name = if table.contains('.') || table.contains('"') {
+        table.to_owned()
+    } else {
+        format!("public.{table}")
+    };
+    let candidates = crate::table_names::regclass_candidates(&name);
+    let (exact, last) = match candidates.as_slice() {
+        [first, .., last] => (first.clone(), last.clone()),
+        [only] => (only.clone(), only.clone()),
+        [] => (name.clone(), name.clone()),
+    };
     let mut conn = store::conn(&state.api.pool).await?;
     let result = diesel::sql_query(sql)
-        .bind::<Text, _>(table)
+        .bind::<Text, _>(exact)
+        .bind::<Text, _>(last)
         .execute(&mut conn)
         .await;
     drop(conn);
@@ -250,7 +264,8 @@ async fn table_call(
     render_tables(state, &action.viewer, &notice).await
 }
 
-/// `POST /console/tables/watch` (`table`): `walhook.watch(table)` (admin).
+/// `POST /console/tables/watch` (`table`: `schema.table`, or a table of `public`):
+/// `walhook.watch(table)` (admin).
 pub async fn watch(
     State(state): State<Arc<ConsoleState>>,
     action: Action,
@@ -258,7 +273,7 @@ pub async fn watch(
     table_call(
         &state,
         &action,
-        "SELECT walhook.watch($1::regclass)",
+        "SELECT walhook.watch(coalesce(pg_catalog.to_regclass($1), $2::regclass))",
         "watched",
     )
     .await
@@ -272,7 +287,7 @@ pub async fn unwatch(
     table_call(
         &state,
         &action,
-        "SELECT walhook.unwatch($1::regclass)",
+        "SELECT walhook.unwatch(coalesce(pg_catalog.to_regclass($1), $2::regclass))",
         "no longer watched",
     )
     .await

@@ -435,3 +435,155 @@ async fn token_create_admin_makes_a_token_that_sees_everything() {
     assert_eq!(admins, [("alice", "false"), ("admin", "true")]);
     f.daemon.stop().await;
 }
+
+#[tokio::test]
+async fn edits_rotation_test_events_and_watches_take_effect() {
+    let f = ApiFixture::start("console_actions", |_| {}).await;
+    let receiver = crate::support::receiver::Receiver::start().await;
+    let alice = f.token("alice", &["orders.*"]).await;
+    let id = subscribe(&f, &alice, &receiver.url, r#"["orders.created"]"#).await;
+    let mut console = Console::new(&f);
+    assert_eq!(console.login(&alice).await.status, 303);
+    let csrf = console
+        .get(&format!("/console/subscriptions/{id}"))
+        .await
+        .csrf();
+    let path = |action: &str| format!("/console/subscriptions/{id}/{action}");
+    let saved = console
+        .post(
+            &path("edit"),
+            &[
+                ("csrf", &csrf),
+                ("target_url", &receiver.url),
+                ("events", "orders.created, orders.updated"),
+                ("context", "shop-1"),
+                ("headers", r#"{"X-Shop": "1"}"#),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.text);
+    let row = f
+        .db
+        .client
+        .query_one(
+            "SELECT events, context, headers::text, secret FROM walhook.subscriptions WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, Vec<String>>(0),
+            row.get::<_, Option<String>>(1),
+            row.get::<_, String>(2)
+        ),
+        (
+            vec!["orders.created".to_owned(), "orders.updated".to_owned()],
+            Some("shop-1".to_owned()),
+            r#"{"X-Shop": "1"}"#.to_owned()
+        )
+    );
+    // Outside the token's scopes: refused like the API refuses it.
+    let outside = console
+        .post(
+            &path("edit"),
+            &[
+                ("csrf", &csrf),
+                ("target_url", &receiver.url),
+                ("events", "invoices.created"),
+            ],
+        )
+        .await;
+    assert_eq!(outside.status, 403);
+    // Rotation shows the new secret once; it is the one stored.
+    let rotated = console.post(&path("rotate"), &[("csrf", &csrf)]).await;
+    assert_eq!(rotated.status, 200);
+    let shown = rotated
+        .text
+        .split("<code id=\"secret\">")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(shown.starts_with("whsec_") && shown != row.get::<_, String>(3));
+    let stored: String =
+        f.db.client
+            .query_one(
+                "SELECT secret FROM walhook.subscriptions WHERE id = $1::text::uuid",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(stored, shown);
+    let page = console.get(&format!("/console/subscriptions/{id}")).await;
+    assert!(!page.text.contains(&shown));
+    // A test event: signed, sent now, listed in recent deliveries.
+    let tested = console.post(&path("test"), &[("csrf", &csrf)]).await;
+    assert_eq!(
+        tested.header("location"),
+        format!("/console/subscriptions/{id}?notice=tested")
+    );
+    let got = receiver.wait_delivered(1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].json["type"], "walhook.test");
+    assert_eq!(got[0].json["context"], "shop-1");
+    assert_eq!(got[0].headers["x-shop"], "1");
+    assert!(got[0].headers["webhook-signature"].starts_with("v1,"));
+    let recent = console
+        .get(&format!("/console/subscriptions/{id}/deliveries.json"))
+        .await;
+    let recent: serde_json::Value = serde_json::from_str(&recent.text).unwrap();
+    assert_eq!(recent["data"][0]["event_type"], "walhook.test");
+    assert_eq!(recent["data"][0]["outcome"], "delivered");
+    assert_eq!(recent["data"][0]["event_id"], got[0].json["id"]);
+    // Watched tables (admin): unwatch, then watch again.
+    let (_, admin) = super::admin_token(&f).await;
+    let mut ops = Console::new(&f);
+    ops.login(&admin).await;
+    let csrf = ops.get("/console/tables").await.csrf();
+    let watched = || async {
+        f.db.client
+            .query_one(
+                "SELECT count(*) FROM walhook.watched_tables WHERE table_name = 'invoices'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let gone = ops
+        .post(
+            "/console/tables/unwatch",
+            &[("csrf", &csrf), ("table", "invoices")],
+        )
+        .await;
+    assert!(
+        gone.text.contains("invoices: no longer watched"),
+        "{}",
+        gone.text
+    );
+    assert_eq!(watched().await, 0);
+    let back = ops
+        .post(
+            "/console/tables/watch",
+            &[("csrf", &csrf), ("table", "invoices")],
+        )
+        .await;
+    assert!(back.text.contains("invoices: watched"));
+    assert_eq!(watched().await, 1);
+    let bad = ops
+        .post(
+            "/console/tables/watch",
+            &[("csrf", &csrf), ("table", "nope")],
+        )
+        .await;
+    assert!(
+        bad.text
+            .contains("nope: relation &#34;public.nope&#34; does not exist"),
+        "{}",
+        bad.text
+    );
+    f.daemon.stop().await;
+}
