@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::capture::{self, CaptureError, outbox};
 use crate::config::{CaptureMode, Config, ConfigError};
+use crate::console;
 use crate::database::DatabaseError;
 use crate::delivery::Delivery;
 use crate::delivery::client::{Sender, SenderError};
@@ -170,6 +171,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         config.api.pool_size,
         Some(Duration::from_millis(config.api.pool_wait_ms)),
     )?;
+    let history = Arc::new(console::charts::History::default());
     let api_task = listener.map(|listener| {
         let state = Arc::new(ApiState {
             pool: api_pool,
@@ -188,12 +190,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             max_connections: config.api.max_connections,
         };
         tracing::info!(listen = %config.api.listen, "REST API listening");
-        tokio::spawn(api::serve(
-            listener,
-            api::router(state),
-            listening,
-            shutdown.clone(),
-        ))
+        let mut router = api::router(state.clone());
+        if config.api.console {
+            let console = console::ConsoleState::new(
+                state,
+                config.clone(),
+                max_retained_wal,
+                history.clone(),
+            );
+            router = router.merge(console::router(Arc::new(console)));
+        }
+        tokio::spawn(api::serve(listener, router, listening, shutdown.clone()))
     });
     let purge = tokio::spawn(queue::purge_dead_letters(
         Queue::new(pool.clone()),
@@ -203,6 +210,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     ));
     let delivery = Delivery::new(delivery_config, Queue::new(pool), routing.clone()).await?;
     let retrier = tokio::spawn(delivery.clone().run_retries(background.clone()));
+    tokio::spawn(console::charts::sample(
+        history,
+        delivery.rates(),
+        background.clone(),
+    ));
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(
         ops::heartbeat::Heartbeat {

@@ -269,6 +269,12 @@ pub struct ApiSection {
     pub request_timeout_ms: u64,
     /// Open connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Serve the browser console at `/console` (docs/console.md).
+    pub console: bool,
+    /// Mark the console's session cookie `Secure` (set it when a TLS proxy is in front).
+    pub console_secure_cookie: bool,
+    /// How long a console session lasts, in minutes.
+    pub console_session_minutes: u64,
 }
 
 /// `[[tables]]`.

@@ -4,7 +4,9 @@
 //! table, starts a local webhook receiver on 127.0.0.1 and subscribes it to `orders.*`, runs
 //! the daemon ([`crate::app::run`]), writes a few rows, and prints every webhook as the
 //! receiver gets it (headers and body). It keeps running so the user can `psql` in and watch
-//! their own changes arrive, or try the REST API with the API token it prints; Ctrl-C stops the daemon and removes the server.
+//! their own changes arrive, try the REST API with the API token it prints, or open the
+//! console with the one-time login link it prints; Ctrl-C stops the daemon and removes the
+//! server.
 
 use std::io::Write;
 use std::time::Duration;
@@ -95,6 +97,15 @@ pub async fn run(mut out: impl Write) -> anyhow::Result<()> {
     let api = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut conn = store::connect(&database).await?;
     let (_, token) = crate::api::auth::create(&mut conn, "demo", &["*".to_owned()]).await?;
+    // The console: an admin token, and a one-time link that exchanges a code for a session.
+    let (admin, _) =
+        crate::api::auth::create_with(&mut conn, "admin", &["*".to_owned()], true).await?;
+    let code = crate::console::session::create_login_code(
+        &mut conn,
+        admin,
+        crate::console::session::LOGIN_LINK_TTL,
+    )
+    .await?;
     drop(conn);
     let config = Config::from_toml(&format!(
         "database_url = \"{url}\"\n[api]\nlisten = \"{api}\"\n[delivery]\nallow_private_targets = true\n"
@@ -118,8 +129,10 @@ pub async fn run(mut out: impl Write) -> anyhow::Result<()> {
         "walhook is running: table orders is watched, and {hook} is subscribed to orders.*\n\
          sample writes made:\n  {}\n\nmake your own (in another terminal):\n  psql {url} -c \"INSERT INTO public.orders (amount) VALUES (5.00)\"\n  psql {url} -c \"SELECT * FROM walhook.subscription_health\"\n\
          or use the REST API (owner \"demo\"; see docs/api.md):\n  curl -H 'Authorization: Bearer {token}' http://{api}/v1/events\n\n\
+         open the console (one-time login link, valid for {minutes} minutes):\n  http://{api}/console/login?code={code}\n\n\
          press Ctrl-C to stop and remove the server.\n",
-        WRITES.join(";\n  ")
+        WRITES.join(";\n  "),
+        minutes = crate::console::session::LOGIN_LINK_TTL.as_secs() / 60,
     )?;
     out.flush()?;
 

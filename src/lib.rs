@@ -43,6 +43,7 @@ pub mod app;
 pub mod capture;
 pub mod change;
 pub mod config;
+pub mod console;
 pub mod database;
 pub mod delivery;
 pub mod demo;

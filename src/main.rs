@@ -75,12 +75,17 @@ enum TokenCommand {
     /// Create a token for OWNER allowed to subscribe to the --scope patterns; prints the
     /// token once on stdout (only its hash is stored).
     Create {
-        /// The account whose subscriptions the token manages.
-        #[arg(long)]
-        owner: String,
-        /// An event pattern the token may subscribe to (repeat): orders.*, invoices.created, *.
-        #[arg(long = "scope", required = true)]
+        /// The account whose subscriptions the token manages (default with --admin: admin).
+        #[arg(long, required_unless_present = "admin")]
+        owner: Option<String>,
+        /// An event pattern the token may subscribe to (repeat): orders.*, invoices.created, *
+        /// (default with --admin: *).
+        #[arg(long = "scope", required_unless_present = "admin")]
         scopes: Vec<String>,
+        /// An admin token: the console at /console shows it every subscription, every event
+        /// type, the overview and the watched tables.
+        #[arg(long)]
+        admin: bool,
     },
     /// List tokens (id, owner, scopes, created, last used, revoked); never secrets.
     List,
@@ -260,9 +265,18 @@ async fn token(config: &Config, action: TokenCommand) -> anyhow::Result<()> {
     let database = migrated(config).await?;
     let mut conn = walhook::subscriptions::store::connect(&database).await?;
     match action {
-        TokenCommand::Create { owner, scopes } => {
-            let (id, token) = auth::create(&mut conn, &owner, &scopes).await?;
-            eprintln!("token {id} for owner {owner:?}, scopes {scopes:?} (shown only now):");
+        TokenCommand::Create {
+            owner,
+            mut scopes,
+            admin,
+        } => {
+            let owner = owner.unwrap_or_else(|| "admin".to_owned());
+            if admin && scopes.is_empty() {
+                scopes.push("*".to_owned());
+            }
+            let (id, token) = auth::create_with(&mut conn, &owner, &scopes, admin).await?;
+            let kind = if admin { "admin token" } else { "token" };
+            eprintln!("{kind} {id} for owner {owner:?}, scopes {scopes:?} (shown only now):");
             println!("{token}");
         }
         TokenCommand::List => {
@@ -271,16 +285,17 @@ async fn token(config: &Config, action: TokenCommand) -> anyhow::Result<()> {
                     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
                 })
             };
-            println!("id\towner\tscopes\tcreated\tlast_used\trevoked");
+            println!("id\towner\tscopes\tcreated\tlast_used\trevoked\tadmin");
             for t in auth::list(&mut conn).await? {
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     t.id,
                     t.owner,
                     t.scopes.join(","),
                     when(Some(t.created_at)),
                     when(t.last_used_at),
-                    when(t.revoked_at)
+                    when(t.revoked_at),
+                    t.admin
                 );
             }
         }

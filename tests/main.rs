@@ -5,6 +5,7 @@
 mod api;
 mod batch;
 mod capture;
+mod console;
 mod delivery;
 mod ops;
 mod payload;

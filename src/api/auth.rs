@@ -56,6 +56,8 @@ pub struct TokenInfo {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Revoked.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// An admin token (sees everything in the console).
+    pub admin: bool,
 }
 
 /// `whk_` + 32 random bytes, base64url without padding.
@@ -63,8 +65,9 @@ fn new_token() -> String {
     format!("whk_{}", URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()))
 }
 
-/// Hex SHA-256 of a token: what is stored and looked up.
-fn hash(token: &str) -> String {
+/// Hex SHA-256 of a token (or of a console session id or login code): what is stored and
+/// looked up.
+pub(crate) fn hash(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -76,6 +79,17 @@ pub async fn create(
     conn: &mut AsyncPgConnection,
     owner: &str,
     scopes: &[String],
+) -> Result<(Uuid, String), TokenError> {
+    create_with(conn, owner, scopes, false).await
+}
+
+/// Creates a token as [`create`] does, an admin token when `admin` (the console shows it
+/// every subscription; the REST API treats it as its owner's).
+pub async fn create_with(
+    conn: &mut AsyncPgConnection,
+    owner: &str,
+    scopes: &[String],
+    admin: bool,
 ) -> Result<(Uuid, String), TokenError> {
     if owner.trim().is_empty() {
         return Err(TokenError::EmptyOwner);
@@ -92,6 +106,7 @@ pub async fn create(
             api_tokens::owner.eq(owner),
             api_tokens::scopes.eq(scopes),
             api_tokens::token_hash.eq(hash(&token)),
+            api_tokens::admin.eq(admin),
         ))
         .returning(api_tokens::id)
         .get_result(conn)

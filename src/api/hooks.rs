@@ -159,12 +159,12 @@ impl Input {
 }
 
 /// A fresh signing secret: `whsec_` + base64 of 32 random bytes.
-fn new_secret() -> String {
+pub(crate) fn new_secret() -> String {
     format!("whsec_{}", STANDARD.encode(rand::random::<[u8; 32]>()))
 }
 
 /// Patterns valid (422) and within scope (403).
-fn check_patterns(caller: &Caller, events: &[String]) -> Result<(), ApiError> {
+pub(crate) fn check_patterns(caller: &Caller, events: &[String]) -> Result<(), ApiError> {
     if let Some(bad) = events.iter().find(|p| !pattern_valid(p)) {
         return Err(ApiError::invalid(
             "events",
@@ -177,7 +177,7 @@ fn check_patterns(caller: &Caller, events: &[String]) -> Result<(), ApiError> {
 }
 
 /// Every pattern within the token's scopes (403 otherwise).
-fn in_scope(caller: &Caller, events: &[String]) -> Result<(), ApiError> {
+pub(crate) fn in_scope(caller: &Caller, events: &[String]) -> Result<(), ApiError> {
     match events
         .iter()
         .find(|p| !caller.scopes.iter().any(|s| pattern_covers(s, p)))
@@ -204,7 +204,7 @@ async fn check_duplicate(
 
 /// REST hooks intent verification of `target_url` when configured (422 when it fails).
 /// Called with no database connection held.
-async fn verify(state: &ApiState, target_url: &str) -> Result<(), ApiError> {
+pub(crate) async fn verify(state: &ApiState, target_url: &str) -> Result<(), ApiError> {
     if !state.verify_intent {
         return Ok(());
     }
@@ -228,12 +228,17 @@ async fn verify(state: &ApiState, target_url: &str) -> Result<(), ApiError> {
 /// Makes a committed write take effect for routing before the call answers: the one
 /// subscription as written (`None`: deleted) goes into the live index, no reload.
 fn take_effect(state: &ApiState, id: Uuid, hook: Option<&Hook>, owner: &str) {
+    take_effect_as(state, id, hook, Some(owner));
+}
+
+/// [`take_effect`] for a subscription of `owner` (`None`: an admin's, made in SQL).
+pub(crate) fn take_effect_as(state: &ApiState, id: Uuid, hook: Option<&Hook>, owner: Option<&str>) {
     let now = Utc::now();
     let routed = hook
         .filter(|h| h.active && h.expires_at.is_none_or(|t| t > now))
         .map(|h| Subscription {
             id: h.id,
-            owner: Some(owner.to_owned()),
+            owner: owner.map(str::to_owned),
             events: h.events.clone(),
             target_url: h.target_url.clone(),
             filter: h.filter.clone(),

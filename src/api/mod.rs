@@ -21,12 +21,12 @@
 
 pub mod auth;
 mod body;
-mod catalog;
+pub(crate) mod catalog;
 mod error;
 mod health;
-mod hooks;
+pub(crate) mod hooks;
 mod limit;
-mod store;
+pub(crate) mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,7 +127,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
 
 /// Answers 503 for a request still running after `api.request_timeout_ms` (dropping it
 /// cancels whatever it awaited: a verification, a pool wait, a query).
-async fn time_limit(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+pub(crate) async fn time_limit(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     match tokio::time::timeout(state.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {

@@ -335,3 +335,45 @@ pub async fn gauges(conn: &mut AsyncPgConnection, slot: &str) -> Result<Gauges, 
     .get_result(conn)
     .await?)
 }
+
+/// Any subscription with its owner (`None`: an admin's): the console's admin view, which
+/// sees every owner. Owner tokens go through [`get`].
+pub async fn get_any(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> Result<Option<(Hook, Option<String>)>, ApiError> {
+    Ok(subscriptions::table
+        .filter(subscriptions::id.eq(id))
+        .select((Hook::as_select(), subscriptions::owner))
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Up to `limit` subscriptions of every owner, oldest first (the console's admin view).
+pub async fn all(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+) -> Result<Vec<(Hook, Option<String>)>, ApiError> {
+    Ok(subscriptions::table
+        .select((Hook::as_select(), subscriptions::owner))
+        .order((subscriptions::created_at, subscriptions::id))
+        .limit(limit)
+        .load(conn)
+        .await?)
+}
+
+/// Overwrites any subscription, keeping its owner (the console's admin view).
+pub async fn update_any(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    row: &HookRow,
+) -> Result<Option<Hook>, ApiError> {
+    Ok(diesel::update(subscriptions::table)
+        .filter(subscriptions::id.eq(id))
+        .set(row)
+        .returning(Hook::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?)
+}

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::Message;
 use super::job::Job;
 use super::queue::{Claimed, RowRef};
+use super::recent::Attempt;
 use super::retrier::Retry;
 use super::retry::Outcome;
 use super::spill::{Queued, key};
@@ -193,16 +194,25 @@ impl Delivery {
                 id: &id,
                 body,
             };
+            let started = Instant::now();
             let send = self.sender.send(&message);
             tokio::pin!(send);
             let outcome = tokio::select! {
                 outcome = &mut send => Some(outcome),
                 _ = sleep_until(deadline) => None,
             };
+            let attempt = |latency| {
+                Attempt::new(&id, latency)
+                    .of_type(&newest.event.event_type)
+                    .events(members.len())
+            };
             match outcome {
                 Some(outcome) => {
                     drop(permit);
-                    match self.judge(&sub, sub_id, 1, outcome).await {
+                    match self
+                        .judge(&sub, sub_id, 1, outcome, attempt(started.elapsed()))
+                        .await
+                    {
                         Verdict::Delivered => true,
                         verdict => {
                             let queued = Queued::after_first(&verdict);
@@ -218,7 +228,8 @@ impl Delivery {
                     let queued = Queued::in_flight(self.lease());
                     self.spill_rows(&sub, &rows, &queued, Some(&id)).await;
                     notify(&mut results, false);
-                    held = Some((send.await, permit));
+                    let outcome = send.await;
+                    held = Some((outcome, permit, attempt(started.elapsed())));
                     false
                 }
             }
@@ -229,9 +240,9 @@ impl Delivery {
         };
         notify(&mut results, delivered);
         let keys: Vec<Key> = members.iter().map(|m| m.key.clone()).collect();
-        if let Some((outcome, permit)) = held {
+        if let Some((outcome, permit, attempt)) = held {
             drop(permit);
-            self.settle_held_batch(&sub, sub_id, &id, &keys, outcome)
+            self.settle_held_batch(&sub, sub_id, &id, &keys, outcome, attempt)
                 .await;
             self.held_in_flight.fetch_sub(1, Ordering::AcqRel);
         }
@@ -245,12 +256,20 @@ impl Delivery {
         id: &str,
         keys: &[Key],
         outcome: Outcome,
+        attempt: Attempt<'_>,
     ) {
         let generations: Vec<Option<u64>> = keys.iter().map(|k| self.idle_generation(k)).collect();
         let mut wait = Duration::from_millis(200);
         for tries in 1.. {
             match self
-                .settle(sub, sub_id, RowRef::Batch(sub_id, id), 1, outcome.clone())
+                .settle(
+                    sub,
+                    sub_id,
+                    RowRef::Batch(sub_id, id),
+                    1,
+                    outcome.clone(),
+                    attempt,
+                )
                 .await
             {
                 Ok(()) => break,

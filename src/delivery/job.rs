@@ -18,6 +18,7 @@ use tokio::time::{Instant, sleep_until};
 use super::batch::batching;
 use super::client::Message;
 use super::queue::RowRef;
+use super::recent::Attempt;
 use super::spill::Queued;
 use super::{Delivery, Key, SubState, Verdict};
 use crate::events::Event;
@@ -131,6 +132,7 @@ impl Delivery {
                     id: &job.event.id,
                     body: body.clone(),
                 };
+                let started = Instant::now();
                 let send = self.sender.send(&message);
                 tokio::pin!(send);
                 let outcome = tokio::select! {
@@ -140,7 +142,8 @@ impl Delivery {
                 let delivered = match outcome {
                     Some(outcome) => {
                         drop(permit);
-                        self.first_attempt(&job, &sub, &body, outcome).await
+                        self.first_attempt(&job, &sub, &body, outcome, started.elapsed())
+                            .await
                     }
                     None => {
                         // Held too long: make it durable so its transaction can be
@@ -149,7 +152,7 @@ impl Delivery {
                         self.spill(&job, &body, Queued::in_flight(self.lease()))
                             .await;
                         done.finish(false);
-                        held = Some(send.await);
+                        held = Some((send.await, started.elapsed()));
                         drop(permit);
                         false
                     }
@@ -162,8 +165,8 @@ impl Delivery {
             }
         }
         self.forget_job(&job.key);
-        if let Some(outcome) = held {
-            self.settle_held(&job, &sub, outcome).await;
+        if let Some((outcome, latency)) = held {
+            self.settle_held(&job, &sub, outcome, latency).await;
             self.held_in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -175,8 +178,12 @@ impl Delivery {
         sub: &SubState,
         body: &[u8],
         outcome: super::retry::Outcome,
+        latency: Duration,
     ) -> bool {
-        let verdict = self.judge(sub, job.route.subscription.id, 1, outcome).await;
+        let attempt = Attempt::new(&job.event.id, latency).of_type(&job.event.event_type);
+        let verdict = self
+            .judge(sub, job.route.subscription.id, 1, outcome, attempt)
+            .await;
         if let Verdict::Delivered = verdict {
             return true;
         }
@@ -185,7 +192,14 @@ impl Delivery {
     }
 
     /// Settles the queued row of a job whose attempt outlived the hold bound.
-    async fn settle_held(&self, job: &Job, sub: &SubState, outcome: super::retry::Outcome) {
+    async fn settle_held(
+        &self,
+        job: &Job,
+        sub: &SubState,
+        outcome: super::retry::Outcome,
+        latency: Duration,
+    ) {
+        let attempt = Attempt::new(&job.event.id, latency).of_type(&job.event.event_type);
         let id = job.route.subscription.id;
         let row = RowRef::Event(id, &job.event.id);
         let generation = self.idle_generation(&job.key);
@@ -193,7 +207,7 @@ impl Delivery {
         // the retrier attempts it again.
         let mut wait = Duration::from_millis(200);
         for tries in 1.. {
-            match self.settle(sub, id, row, 1, outcome.clone()).await {
+            match self.settle(sub, id, row, 1, outcome.clone(), attempt).await {
                 Ok(()) => break,
                 Err(e) if tries < SETTLE_TRIES => {
                     tracing::debug!(error = %e, event = %job.event.id, "settling a held delivery failed; trying again");

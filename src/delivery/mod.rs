@@ -41,6 +41,7 @@ mod dispatcher;
 pub mod guard;
 mod job;
 pub mod queue;
+pub mod recent;
 mod retrier;
 pub mod retry;
 pub mod signing;
@@ -223,9 +224,18 @@ impl Delivery {
             .clone()
     }
 
-    /// Records what the `attempts`-th attempt of an event came to — health statistics,
-    /// breaker, deactivation on 410 — and says what becomes of the event.
-    async fn judge(&self, sub: &SubState, id: Uuid, attempts: u32, outcome: Outcome) -> Verdict {
+    /// Records what the `attempts`-th attempt of an event came to — the recent-deliveries
+    /// log, health statistics, breaker, deactivation on 410 — and says what becomes of the
+    /// event.
+    async fn judge(
+        &self,
+        sub: &SubState,
+        id: Uuid,
+        attempts: u32,
+        outcome: Outcome,
+        attempt: recent::Attempt<'_>,
+    ) -> Verdict {
+        recent::log().record(id, &attempt, attempts, &outcome);
         let retry = &self.config.retry;
         let verdict = |delay: Option<Duration>, error: String| match delay {
             Some(delay) => Verdict::Retry { delay, error },

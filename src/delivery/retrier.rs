@@ -12,6 +12,7 @@ use bytes::Bytes;
 use super::batch::{array, batching};
 use super::client::Message;
 use super::queue::{Claimed, QueueError, RowRef};
+use super::recent::Attempt;
 use super::retry::Outcome;
 use super::spill::key;
 use super::{Delivery, Key, SubState, Verdict};
@@ -151,9 +152,11 @@ impl Delivery {
                     id,
                     body: body(route),
                 };
+                let started = std::time::Instant::now();
                 let outcome = self.sender.send(&message).await;
                 drop(permit);
-                self.settle(&sub, sub_id, row, attempts as u32, outcome)
+                let attempt = Attempt::new(id, started.elapsed()).events(keys.len());
+                self.settle(&sub, sub_id, row, attempts as u32, outcome, attempt)
                     .await
             }
         };
@@ -176,8 +179,9 @@ impl Delivery {
         row: RowRef<'_>,
         attempts: u32,
         outcome: Outcome,
+        attempt: Attempt<'_>,
     ) -> Result<(), QueueError> {
-        match self.judge(sub, id, attempts, outcome).await {
+        match self.judge(sub, id, attempts, outcome, attempt).await {
             Verdict::Delivered => self.queue.delete(row).await,
             Verdict::Retry { delay, error } => {
                 self.queue

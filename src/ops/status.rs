@@ -377,7 +377,12 @@ pub fn capture_state<'a>(roles: impl Iterator<Item = &'a str>) -> &'static str {
     "not running"
 }
 
-async fn read(client: &Client, config: &Config, max_retained_wal: u64) -> Result<Status, OpsError> {
+/// Reads the status over `client` (also the console's overview, on its own session).
+pub(crate) async fn read(
+    client: &Client,
+    config: &Config,
+    max_retained_wal: u64,
+) -> Result<Status, OpsError> {
     let q = OpsError::from_query;
     let settings_row = client
         .query_one(

@@ -84,5 +84,7 @@ diesel::table! {
         last_used_at -> Nullable<Timestamptz>,
         /// When revoked; revoked tokens are refused.
         revoked_at -> Nullable<Timestamptz>,
+        /// An admin token: sees every subscription in the console.
+        admin -> Bool,
     }
 }
