@@ -327,7 +327,7 @@ impl Worker {
         } else {
             client
                 .execute(
-                    "SELECT pg_logical_emit_message(true, $1, $2)",
+                    "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
                     &[&WATERMARK_PREFIX, &payload],
                 )
                 .await?;

@@ -629,7 +629,10 @@ async fn read(client: &Client, config: &Config, max_retained_wal: u64) -> Result
 async fn backfills(client: &Client) -> Result<Vec<BackfillStatus>, OpsError> {
     let q = OpsError::from_query;
     let exists: bool = client
-        .query_one("SELECT to_regclass('walhook.backfill_jobs') IS NOT NULL", &[])
+        .query_one(
+            "SELECT to_regclass('walhook.backfill_jobs') IS NOT NULL",
+            &[],
+        )
         .await
         .map_err(q)?
         .get(0);

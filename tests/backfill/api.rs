@@ -83,7 +83,9 @@ async fn backfill_route_keeps_owners_apart_and_tokens_in_scope() {
         answer.json["error"]["message"]
             .as_str()
             .unwrap()
-            .starts_with(&format!("subscription {hook} takes no event of invoices")),
+            .starts_with(&format!(
+                "subscription {hook} takes no event of public.invoices"
+            )),
         "{}",
         answer.text
     );

@@ -20,7 +20,8 @@ async fn mirror_while_writing(test: &str, mode: CaptureMode) {
     let start = Instant::now();
     loop {
         let (state, sent, total) = progress(&db, &id).await;
-        assert_eq!(total, ROWS, "estimated total");
+        // Counted, or from the statistics when autovacuum analyzed the table first.
+        assert!((total - ROWS).abs() <= ROWS / 20, "estimated total {total}");
         if state == "running" && sent > 0 {
             assert!(sent < ROWS, "{sent}");
             break;
@@ -35,7 +36,10 @@ async fn mirror_while_writing(test: &str, mode: CaptureMode) {
     let backfilled = wait_mirror(&db, &receiver, &id, Duration::from_secs(120)).await;
     let (state, sent, _) = progress(&db, &id).await;
     assert_eq!(state, "done");
-    assert_eq!(sent as usize, backfilled, "rows_sent counts the events sent");
+    assert_eq!(
+        sent as usize, backfilled,
+        "rows_sent counts the events sent"
+    );
     assert!(
         backfilled > (ROWS as usize) * 9 / 10 && backfilled <= ROWS as usize,
         "{backfilled} rows backfilled"
@@ -74,7 +78,10 @@ async fn kill_9_and_resume(test: &str, mode: CaptureMode) {
         if sent >= 5_000 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(90), "no progress ({sent})");
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "no progress ({sent})"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     first.kill().unwrap();

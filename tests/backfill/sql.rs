@@ -22,7 +22,9 @@ async fn refusal(db: &TestDb, sql: &str) -> String {
 #[tokio::test]
 async fn backfill_refuses_what_it_cannot_do_with_clear_messages() {
     let db = TestDb::new("backfill_refusals").await;
-    store::migrate(&db.database(), &db.name, true).await.unwrap();
+    store::migrate(&db.database(), &db.name, true)
+        .await
+        .unwrap();
     db.exec(
         "CREATE TABLE orders (id int PRIMARY KEY, status text);
          CREATE TABLE notes (body text);
@@ -32,11 +34,11 @@ async fn backfill_refuses_what_it_cannot_do_with_clear_messages() {
     .await;
     assert_eq!(
         refusal(&db, "SELECT walhook.backfill('other')").await,
-        "walhook.backfill: other is not watched"
+        "walhook.backfill: public.other is not watched"
     );
     assert_eq!(
         refusal(&db, "SELECT walhook.backfill('notes')").await,
-        "walhook.backfill: notes has no primary key; backfills read a table in primary-key order"
+        "walhook.backfill: public.notes has no primary key; backfills read a table in primary-key order"
     );
     assert_eq!(
         refusal(
@@ -72,12 +74,8 @@ async fn backfill_refuses_what_it_cannot_do_with_clear_messages() {
         .unwrap()
         .get(0);
     assert_eq!(
-        refusal(
-            &db,
-            &format!("SELECT walhook.backfill('orders', '{sub}')")
-        )
-        .await,
-        format!("walhook.backfill: subscription {sub} takes no event of orders (orders.*)")
+        refusal(&db, &format!("SELECT walhook.backfill('orders', '{sub}')")).await,
+        format!("walhook.backfill: subscription {sub} takes no event of public.orders (orders.*)")
     );
     // Nothing was recorded; cancelling an unknown one says false.
     let count: i64 = db
@@ -122,7 +120,7 @@ async fn backfill_goes_to_every_matching_subscription_filtered_and_reads_partiti
     let id: String = db
         .client
         .query_one(
-            "SELECT walhook.backfill('events', filter => '{\"id\": {\"lte\": 10}})::text",
+            "SELECT walhook.backfill('events', filter => '{\"id\": {\"lte\": 10}}')::text",
             &[],
         )
         .await
@@ -214,7 +212,10 @@ async fn cancel_stops_a_running_backfill() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(last <= at_cancel + 200, "{at_cancel} at cancel, {last} after");
+    assert!(
+        last <= at_cancel + 200,
+        "{at_cancel} at cancel, {last} after"
+    );
     assert!(last < ROWS as usize);
     let (state, sent, _) = progress(&db, &id).await;
     assert_eq!(state, "cancelled");
