@@ -6,7 +6,9 @@
 //! wait until the stage saw LOW, read up to `chunk_size` rows after `last_key` in key order
 //! (one short autocommit query: no lock beyond the read's, no long snapshot), hand them to
 //! the stage, emit HIGH, wait until HIGH's frame is acknowledged, then store `last_key` and
-//! `rows_sent`. A chunk shorter than `chunk_size` ends the backfill (`done`). Progress is
+//! `rows_sent`; while a chunk's worth of backfilled events waits in the queue table (a
+//! slow endpoint), the next chunk waits. A chunk shorter than `chunk_size` ends the
+//! backfill (`done`). Progress is
 //! re-read before every chunk, so `walhook.cancel_backfill` stops it within one chunk.
 
 use std::sync::Arc;
@@ -309,6 +311,25 @@ impl Worker {
                 return Ok(None);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Gentle: while a slow endpoint has a chunk's worth of backfilled events waiting in
+        // the queue table, the next chunk waits (the queue never fills with a whole table).
+        loop {
+            let queued: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM (SELECT 1 FROM walhook.delivery_queue
+                     WHERE status = 'pending' AND event_id LIKE 'evt_b%' LIMIT $1) q",
+                    &[&self.config.chunk_size],
+                )
+                .await?
+                .get(0);
+            if queued < self.config.chunk_size {
+                break;
+            }
+            if stop.is_cancelled() {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(Some((done, read, last_key)))
     }

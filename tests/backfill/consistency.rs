@@ -30,10 +30,10 @@ async fn mirror_while_writing(test: &str, mode: CaptureMode) {
         assert!(start.elapsed() < Duration::from_secs(60), "no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    wait_state(&db, &id, "done", Duration::from_secs(240)).await;
+    wait_state(&db, &id, "done", Duration::from_secs(600)).await;
     let ops = writer.finish().await;
     assert!(ops > 100, "the writer ran throughout ({ops} changes)");
-    let backfilled = wait_mirror(&db, &receiver, &id, Duration::from_secs(120)).await;
+    let backfilled = wait_mirror(&db, &receiver, &id, Duration::from_secs(300)).await;
     let (state, sent, _) = progress(&db, &id).await;
     assert_eq!(state, "done");
     assert_eq!(
@@ -41,7 +41,7 @@ async fn mirror_while_writing(test: &str, mode: CaptureMode) {
         "rows_sent counts the events sent"
     );
     assert!(
-        backfilled > (ROWS as usize) * 9 / 10 && backfilled <= ROWS as usize,
+        backfilled > (ROWS as usize) * 9 / 10 && backfilled <= (ROWS as usize) + ops as usize,
         "{backfilled} rows backfilled"
     );
     daemon.stop().await;
@@ -90,9 +90,9 @@ async fn kill_9_and_resume(test: &str, mode: CaptureMode) {
     assert_eq!(state, "running");
     assert!(sent < ROWS, "killed mid-backfill ({sent} sent)");
     let mut second = spawn_walhook(&db, &env);
-    wait_state(&db, &id, "done", Duration::from_secs(180)).await;
+    wait_state(&db, &id, "done", Duration::from_secs(600)).await;
     writer.finish().await;
-    let backfilled = wait_mirror(&db, &receiver, &id, Duration::from_secs(120)).await;
+    let backfilled = wait_mirror(&db, &receiver, &id, Duration::from_secs(300)).await;
     assert!(backfilled >= (ROWS as usize) * 9 / 10, "{backfilled}");
     second.kill().unwrap();
     second.wait().unwrap();
