@@ -44,6 +44,7 @@ BEGIN
         GRANT SELECT ON walhook.watched_tables, walhook.settings, walhook.subscription_stats,
             walhook.subscription_health, walhook.dead_letters TO walhook_admin;
         GRANT SELECT ON walhook.capture_progress, walhook.gaps TO walhook_admin;
+        GRANT SELECT ON walhook.backfills TO walhook_admin;
         -- By name, whatever their signatures: the admin functions and the validators the
         -- check_subscription trigger calls with the writer's rights.
         FOR f IN SELECT p.oid::regprocedure AS sig FROM pg_proc p
@@ -51,7 +52,7 @@ BEGIN
                    AND p.proname = ANY (ARRAY['watch', 'unwatch', 'subscribe', 'unsubscribe', 'redeliver',
                        'event_pattern_valid', 'new_secret', 'address_forbidden', 'embedded_ipv4',
                        'target_host', 'host_ipv4', 'target_allowed', 'header_forbidden', 'secret_valid',
-                       'filter_problem']) LOOP
+                       'filter_problem', 'backfill', 'cancel_backfill', 'primary_key_columns']) LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO walhook_admin', f.sig);
         END LOOP;
     END IF;
@@ -68,6 +69,7 @@ BEGIN
                       last_error, created_at, batch_id) ON walhook.delivery_queue TO walhook_monitor;
         GRANT SELECT (id, txid, schema_name, table_name, op, committed_at) ON walhook.outbox TO walhook_monitor;
         GRANT SELECT ON walhook.capture_progress, walhook.gaps TO walhook_monitor;
+        GRANT SELECT ON walhook.backfills TO walhook_monitor;
     END IF;
 END
 $roles$;

@@ -1169,3 +1169,115 @@ CREATE OR REPLACE VIEW walhook.subscription_health AS
            (SELECT count(*) FROM walhook.delivery_queue q WHERE q.subscription_id = s.id AND q.status = 'pending') AS pending,
            (SELECT count(*) FROM walhook.delivery_queue q WHERE q.subscription_id = s.id AND q.status = 'dead') AS dead
     FROM walhook.subscriptions s LEFT JOIN walhook.subscription_stats st ON st.subscription_id = s.id;
+
+-- Backfills (docs/backfill.md): every existing row of a watched table as a `<noun>.backfilled`
+-- event, to one subscription or (NULL) to every subscription taking the table's events. The
+-- table needs a primary key (the chunks are read in its order); the filter uses the
+-- subscription filter language, matched on each row. The daemon starts it at once.
+CREATE OR REPLACE FUNCTION walhook.backfill(tbl regclass, subscription_id uuid DEFAULT NULL, filter jsonb DEFAULT '{}')
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    watched walhook.watched_tables;
+    sub walhook.subscriptions;
+    problem text;
+    estimate bigint;
+    new_id uuid;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'walhook.backfill: tbl is required' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM walhook.check_watcher(tbl, 'walhook.backfill');
+    SELECT w.* INTO watched FROM walhook.watched_tables w
+    JOIN pg_class c ON c.relname OPERATOR(pg_catalog.=) w.table_name::name
+    JOIN pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+                       AND n.nspname OPERATOR(pg_catalog.=) w.schema_name::name
+    WHERE c.oid OPERATOR(pg_catalog.=) tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'walhook.backfill: % is not watched', tbl
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('watch it first: SELECT walhook.watch(%L)', tbl::text);
+    END IF;
+    IF cardinality(walhook.primary_key_columns(tbl)) = 0 THEN
+        RAISE EXCEPTION 'walhook.backfill: % has no primary key; backfills read a table in primary-key order', tbl
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'add a primary key to the table (tables without one are not backfilled)';
+    END IF;
+    IF filter IS NULL OR jsonb_typeof(filter) <> 'object' THEN
+        RAISE EXCEPTION 'walhook.backfill: filter must be a JSON object, got %', coalesce(filter::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    problem := walhook.filter_problem(filter);
+    IF problem IS NULL AND (filter ? '$changed' OR filter ? '$previous') THEN
+        problem := 'backfilled rows have no previous image: "$changed" and "$previous" do not apply';
+    END IF;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'walhook.backfill: filter: %', problem USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF subscription_id IS NOT NULL THEN
+        SELECT s.* INTO sub FROM walhook.subscriptions s WHERE s.id OPERATOR(pg_catalog.=) backfill.subscription_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'walhook.backfill: no subscription %', subscription_id
+                USING ERRCODE = 'no_data_found';
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM unnest(sub.events) p, unnest(watched.verbs) v
+                       WHERE p OPERATOR(pg_catalog.=) '*'
+                          OR split_part(p, '.', 1) IN ('*', watched.noun)
+                             AND split_part(p, '.', 2) IN ('*', v)) THEN
+            RAISE EXCEPTION 'walhook.backfill: subscription % takes no event of % (%.*)', subscription_id, tbl, watched.noun
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint INTO estimate
+    FROM pg_partition_tree(tbl) p JOIN pg_class c ON c.oid OPERATOR(pg_catalog.=) p.relid
+    WHERE p.isleaf AND c.reltuples OPERATOR(pg_catalog.>=) 0;
+    IF estimate OPERATOR(pg_catalog.=) 0 THEN
+        -- Never analyzed: count (once, at start; the total is an estimate either way).
+        EXECUTE format('SELECT count(*) FROM %s', tbl) INTO estimate;
+    END IF;
+    INSERT INTO walhook.backfill_jobs (relid, schema_name, table_name, subscription_id, filter, estimated_total)
+    VALUES (tbl, watched.schema_name, watched.table_name, backfill.subscription_id, filter, estimate)
+    RETURNING id INTO new_id;
+    PERFORM pg_notify('walhook_backfill', new_id::text);
+    RETURN new_id;
+END
+$$;
+
+-- Primary-key columns of a table, in key order (empty without a primary key).
+CREATE OR REPLACE FUNCTION walhook.primary_key_columns(tbl regclass) RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(array_agg(a.attname::text ORDER BY k.ord), '{}')
+    FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord), pg_attribute a
+    WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisprimary
+      AND a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attnum OPERATOR(pg_catalog.=) k.attnum
+$$;
+
+-- Stops a running backfill (what was sent stays sent); true when one was running.
+CREATE OR REPLACE FUNCTION walhook.cancel_backfill(id uuid) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE walhook.backfill_jobs b SET state = 'cancelled', finished_at = now(), updated_at = now()
+    WHERE b.id OPERATOR(pg_catalog.=) cancel_backfill.id AND b.state OPERATOR(pg_catalog.=) 'running';
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM pg_notify('walhook_backfill', cancel_backfill.id::text);
+    RETURN true;
+END
+$$;
+
+-- Backfills and their progress.
+CREATE OR REPLACE VIEW walhook.backfills AS
+    SELECT b.id, format('%I.%I', b.schema_name, b.table_name) AS "table", b.schema_name, b.table_name,
+           b.subscription_id, b.filter, b.state, b.last_key, b.rows_sent, b.estimated_total,
+           CASE WHEN b.state = 'done' THEN 100.0
+                WHEN b.estimated_total > 0 THEN round(least(100.0, 100.0 * b.rows_sent / b.estimated_total), 1)
+                ELSE 0.0 END AS percent,
+           b.error, b.created_at, b.updated_at, b.finished_at
+    FROM walhook.backfill_jobs b;

@@ -10,7 +10,7 @@
 //! instance's row until the end and deletes it last.
 //! Shutdown (SIGTERM/SIGINT or a definite capture error): the dispatcher stops taking changes,
 //! queues jobs not yet sent, lets requests in flight finish, acknowledges the final
-//! watermark; then capture sends its last status update and closes; then the retrier stops.
+//! watermark (the backfill worker stops with it); then capture sends its last status update and closes; then the retrier stops.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
+use crate::backfill;
 use crate::capture::{self, CaptureError, outbox};
 use crate::config::{CaptureMode, Config, ConfigError};
 use crate::console;
@@ -230,7 +231,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         .run(heartbeat_stop.clone()),
     );
     let ack = capture.ack.clone();
-    let dispatcher = tokio::spawn(delivery.run(capture.changes, ack, routing, shutdown.clone()));
+    // Backfills: the stage interleaves their chunks with the stream; the worker reads them.
+    let (changes, stage) = backfill::interleave(capture.changes, config.capture.channel_capacity);
+    let backfill_worker = tokio::spawn(
+        backfill::Worker::new(
+            backfill::WorkerConfig {
+                database: database.clone(),
+                chunk_size: config.backfill_chunk_size()?,
+                trigger: config.capture.mode == CaptureMode::Trigger,
+            },
+            capture.ack.clone(),
+            stage,
+        )
+        .run(shutdown.clone()),
+    );
+    let dispatcher = tokio::spawn(delivery.run(changes, ack, routing, shutdown.clone()));
     tracing::info!("walhook running");
 
     let mut task = capture.task;
@@ -241,6 +256,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     tracing::info!("stopping: draining deliveries");
     shutdown.cancel();
     dispatcher
+        .await
+        .map_err(|e| AppError::Task(e.to_string()))?;
+    backfill_worker
         .await
         .map_err(|e| AppError::Task(e.to_string()))?;
     capture_cancel.cancel();

@@ -132,13 +132,48 @@ pub struct Commit {
 }
 
 /// Which capture produced a change: it decides the event id's form and `source.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Origin {
     /// Logical replication: `position.commit_lsn` is the commit record's LSN.
     #[default]
     Replication,
     /// Trigger capture: `position.commit_lsn` holds the outbox row id (index 0).
     Trigger,
+    /// A backfill's row image (`<noun>.backfilled`, see [`crate::backfill`]), carried inside
+    /// its high watermark's transaction frame; routed only to the backfill's subscriptions.
+    Backfill(Arc<BackfillOrigin>),
+}
+
+/// Which backfill a [`Origin::Backfill`] row belongs to and where it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackfillOrigin {
+    /// The backfill's id (`source.backfill`).
+    pub id: uuid::Uuid,
+    /// The one subscription it is for; `None`: every subscription taking the table's events.
+    pub subscription: Option<uuid::Uuid>,
+    /// Whether the capture is trigger capture (`source.mode`).
+    pub trigger: bool,
+}
+
+/// Schema and table name a backfill watermark travels under through the change stream:
+/// never a watched table, so a consumer that does not know watermarks skips them like any
+/// unwatched change.
+pub const WATERMARK_TABLE: (&str, &str) = ("walhook", "backfill_watermark");
+
+/// The logical-message prefix of backfill watermarks (replication capture).
+pub const WATERMARK_PREFIX: &str = "walhook.backfill";
+
+impl Table {
+    /// The pseudo table watermarks travel under ([`WATERMARK_TABLE`]).
+    pub fn watermark() -> Table {
+        Table {
+            id: 0,
+            schema: WATERMARK_TABLE.0.to_owned(),
+            name: WATERMARK_TABLE.1.to_owned(),
+            columns: Vec::new(),
+            key: Vec::new(),
+        }
+    }
 }
 
 /// One row change.
@@ -179,6 +214,15 @@ impl Op {
 }
 
 impl RowChange {
+    /// The payload of a backfill watermark (its `new` image), when this change is one.
+    pub fn watermark(&self) -> Option<&Row> {
+        if self.table.schema == WATERMARK_TABLE.0 && self.table.name == WATERMARK_TABLE.1 {
+            self.new.as_ref()
+        } else {
+            None
+        }
+    }
+
     /// The change as a JSON object (what `walhook tail` prints).
     pub fn to_json(&self) -> Value {
         serde_json::json!({

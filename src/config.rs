@@ -46,6 +46,29 @@ pub struct Config {
     pub ops: OpsSection,
     /// Logging.
     pub log: LogSection,
+    /// Backfills.
+    pub backfill: BackfillSection,
+}
+
+/// `[backfill]`: how backfills read their tables (docs/backfill.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillSection {
+    /// Rows read per chunk (one short query between two watermarks), 1 to 100000.
+    pub chunk_size: i64,
+}
+
+impl Config {
+    /// `backfill.chunk_size`, validated (1 to 100000).
+    pub fn backfill_chunk_size(&self) -> Result<i64, ConfigError> {
+        match self.backfill.chunk_size {
+            n @ 1..=100_000 => Ok(n),
+            n => Err(ConfigError::Invalid {
+                key: "backfill.chunk_size",
+                message: format!("{n} is out of range (1 to 100000)"),
+            }),
+        }
+    }
 }
 
 /// `[ops]`: what `walhook run` publishes for `walhook status`.
@@ -450,6 +473,7 @@ impl Config {
         self.capture_config(self.database()?)?;
         self.delivery_config()?;
         self.check_ops()?;
+        self.backfill_chunk_size()?;
         Ok(())
     }
 

@@ -7,12 +7,19 @@
 //! is rendered or queued, from `data`, `previous`, `changed` and `unavailable`: with
 //! `REPLICA IDENTITY FULL` PostgreSQL must send every column (a publication column list
 //! would make the application's UPDATE and DELETE fail), so this is where they stop.
+//!
+//! A backfill's row ([`Origin::Backfill`]) becomes `<noun>.backfilled` whatever the watch's
+//! verbs: `data` is the row, no `previous`/`changed`, `source.backfill` names the backfill,
+//! and its id is derived from the backfill and the row key, so a chunk read again after a
+//! crash repeats the same ids.
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::change::{Op, Origin, Row, RowChange};
+use sha2::{Digest, Sha256};
+
+use crate::change::{BackfillOrigin, Op, Origin, Row, RowChange};
 
 /// What a watched table declares: its noun, the verbs it produces and the columns its
 /// events carry.
@@ -68,6 +75,9 @@ pub struct Event {
     pub changed: Option<Vec<String>>,
     /// Identifies the row for ordering: table and key values.
     pub row_key: String,
+    /// Set on a backfill's rows: which backfill, and the subscriptions it is restricted to
+    /// (applied by [`crate::subscriptions::routing::RoutingIndex::route`]).
+    pub backfill: Option<BackfillOrigin>,
     /// The envelope rendered once, with `"context":null` last.
     body: Bytes,
 }
@@ -95,6 +105,8 @@ struct Source<'a> {
     lsn: Option<String>,
     xid: u32,
     mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backfill: Option<String>,
 }
 
 /// How the rendered envelope ends before a subscription's context is spliced in.
@@ -104,12 +116,26 @@ impl Event {
     /// Builds the event for `change` on a table watched as `watch`; `None` when the watch
     /// does not produce this verb. The envelope is rendered here, once for all subscriptions.
     pub fn from_change(change: RowChange, watch: &Watch) -> Option<Event> {
-        let verb = verb(change.op);
-        if !watch.verbs.iter().any(|v| v == verb) {
+        let backfill = match &change.origin {
+            Origin::Backfill(origin) => Some(**origin),
+            _ => None,
+        };
+        let verb = if backfill.is_some() {
+            "backfilled"
+        } else {
+            verb(change.op)
+        };
+        if backfill.is_none() && !watch.verbs.iter().any(|v| v == verb) {
             return None;
         }
-        let replication = change.origin == Origin::Replication;
-        let id = if replication {
+        let replication = match &change.origin {
+            Origin::Replication => true,
+            Origin::Trigger => false,
+            Origin::Backfill(origin) => !origin.trigger,
+        };
+        let id = if backfill.is_some() {
+            String::new() // set below, from the row key
+        } else if replication {
             format!("evt_{}", change.position).replace('-', "_")
         } else {
             format!("evt_t{:016X}", change.position.commit_lsn.0)
@@ -147,6 +173,10 @@ impl Event {
             change.table.name,
             serde_json::to_string(&key).unwrap_or_default()
         );
+        let id = match backfill {
+            Some(origin) => backfill_event_id(origin.id, &row_key),
+            None => id,
+        };
         let mut unavailable = change.unchanged_toast;
         if watch.hides_any() {
             data.retain(|k, _| watch.shows(k));
@@ -179,6 +209,7 @@ impl Event {
                 } else {
                     "trigger"
                 },
+                backfill: backfill.map(|b| b.id.to_string()),
             },
             context: None,
         };
@@ -190,6 +221,7 @@ impl Event {
             previous,
             changed,
             row_key,
+            backfill,
             body,
         })
     }
@@ -208,6 +240,21 @@ impl Event {
         body.push(b'}');
         body.into()
     }
+}
+
+/// `evt_b` + 32 hex digits of SHA-256 over the backfill id and the row key: the same when a
+/// chunk is read again, distinct per row and per backfill.
+fn backfill_event_id(backfill: uuid::Uuid, row_key: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update(backfill.as_bytes());
+    hash.update(row_key.as_bytes());
+    let digest = hash.finalize();
+    let mut id = String::with_capacity(37);
+    id.push_str("evt_b");
+    for byte in &digest[..16] {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@
 //! src/delivery/      dispatcher (per-row chains, watermark), sender, signing, SSRF guard,
 //!                    retry policy, queue table and retrier
 //! src/ops/          walhook status, heartbeat rows (walhook.instances), preflight checks
+//! src/backfill/     backfills: existing rows in primary-key chunks between watermarks,
+//!                    interleaved with the live stream (DBLog)
 //! src/switch.rs      capture-mode switches split at the switch LSN (nothing lost or repeated)
 //! src/table_names.rs how a table named in the config is found (exact names, then SQL syntax)
 //! src/lsn.rs         WAL positions
@@ -40,6 +42,7 @@
 
 pub mod api;
 pub mod app;
+pub mod backfill;
 pub mod capture;
 pub mod change;
 pub mod config;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod api;
+mod backfill;
 mod batch;
 mod capture;
 mod console;

@@ -112,6 +112,21 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Result<impl IntoResp
             ("{state=\"inactive\"}", g.inactive),
         ],
     );
+    let backfills = store::backfill_rows(&mut conn).await?;
+    let _ = writeln!(
+        out,
+        "# HELP walhook_backfill_rows_total Rows a backfill has sent (running ones and those finished in the last day).\n# TYPE walhook_backfill_rows_total counter"
+    );
+    for b in &backfills {
+        let _ = writeln!(
+            out,
+            "walhook_backfill_rows_total{{backfill=\"{}\",table=\"{}\",state=\"{}\"}} {}",
+            b.id,
+            b.table.replace('\\', "\\\\").replace('"', "\\\""),
+            b.state,
+            b.rows_sent
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP walhook_routing_reloads_total Full loads of the routing index (start, NOTIFY walhook_config, periodic).\n# TYPE walhook_routing_reloads_total counter\nwalhook_routing_reloads_total {}",

@@ -20,6 +20,7 @@
 //! per-token rate) and `store` (the SQL behind them).
 
 pub mod auth;
+mod backfill;
 mod body;
 pub(crate) mod catalog;
 mod error;
@@ -100,6 +101,10 @@ fn routes() -> Vec<(&'static str, MethodRouter<Arc<ApiState>>)> {
                 .delete(hooks::remove),
         ),
         ("/v1/hooks/unsubscribe", post(hooks::unsubscribe)),
+        (
+            "/v1/hooks/{id}/backfill",
+            post(backfill::start).get(backfill::list),
+        ),
         ("/v1/events", get(catalog::list)),
         ("/healthz", get(health::live)),
         ("/readyz", get(health::ready)),

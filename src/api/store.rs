@@ -377,3 +377,32 @@ pub async fn update_any(
         .await
         .optional()?)
 }
+
+/// A backfill's row count for `/metrics`.
+#[derive(Debug, QueryableByName)]
+pub struct BackfillRows {
+    /// Backfill id.
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    /// `schema.table`.
+    #[diesel(sql_type = Text)]
+    pub table: String,
+    /// running, done, cancelled, failed.
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    /// Rows sent so far.
+    #[diesel(sql_type = BigInt)]
+    pub rows_sent: i64,
+}
+
+/// Running backfills and those finished within the last day (at most 100).
+pub async fn backfill_rows(conn: &mut AsyncPgConnection) -> Result<Vec<BackfillRows>, ApiError> {
+    Ok(diesel::sql_query(
+        "SELECT id::text, format('%s.%s', schema_name, table_name) AS \"table\", state, rows_sent
+         FROM walhook.backfill_jobs
+         WHERE state = 'running' OR finished_at > now() - interval '1 day'
+         ORDER BY created_at DESC LIMIT 100",
+    )
+    .load(conn)
+    .await?)
+}

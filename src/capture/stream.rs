@@ -174,10 +174,13 @@ impl<'a> Session<'a> {
         let start = self.ack.acknowledged();
         self.forwarded_end = start;
         self.reported = confirmed;
+        // Logical messages (backfill watermarks) exist in pgoutput from PostgreSQL 14 on.
+        let messages = server_major(conn.parameter("server_version")) >= 14;
         conn.start_copy_both(&format!(
-            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {})",
+            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {}{})",
             quote_ident(&self.config.slot),
             quote_command_literal(&quote_ident(&self.config.publication)),
+            if messages { ", messages 'true'" } else { "" },
         ))
         .await?;
         self.streamed = true;
@@ -351,6 +354,17 @@ impl<'a> Session<'a> {
         self.reported_at = Instant::now();
         Ok(())
     }
+}
+
+/// The major version in a `server_version` parameter (`15.4`, `14beta1`, `16.1 (Debian…)`);
+/// 0 when unknown.
+fn server_major(version: Option<&str>) -> u32 {
+    version
+        .and_then(|v| {
+            let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// Now in microseconds since 2000-01-01 UTC.

@@ -39,6 +39,31 @@ pub struct Status {
     /// Gaps in the event stream accepted by `walhook slot reset`, oldest first (they do not
     /// change the exit code: each was accepted by an operator).
     pub gaps: Vec<Gap>,
+    /// Running backfills and those finished within the last day, newest first.
+    pub backfills: Vec<BackfillStatus>,
+}
+
+/// One backfill (`walhook.backfills`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillStatus {
+    /// Its id.
+    pub id: String,
+    /// `schema.table`.
+    pub table: String,
+    /// The subscription it is for; `None`: every subscription taking the table's events.
+    pub subscription_id: Option<String>,
+    /// `running`, `done`, `cancelled` or `failed`.
+    pub state: String,
+    /// Rows sent so far.
+    pub rows_sent: i64,
+    /// Rows the table held when it started (an estimate).
+    pub estimated_total: i64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// When it started.
+    pub created_at: String,
+    /// When it ended.
+    pub finished_at: Option<String>,
 }
 
 /// Capture as the database shows it.
@@ -327,6 +352,27 @@ impl Status {
                 out.push_str(&format!("  {:<29}fix: {fix}\n", ""));
             }
         }
+        out.push_str("\nbackfills\n");
+        if self.backfills.is_empty() {
+            out.push_str("  none\n");
+        }
+        for b in &self.backfills {
+            out.push_str(&format!(
+                "  {} {} {}: {} of ~{} rows, since {}{}{}\n",
+                b.id,
+                b.table,
+                b.state,
+                b.rows_sent,
+                b.estimated_total,
+                b.created_at,
+                b.finished_at
+                    .as_ref()
+                    .map_or_else(String::new, |t| format!(", ended {t}")),
+                b.error
+                    .as_ref()
+                    .map_or_else(String::new, |e| format!(" ({e})")),
+            ));
+        }
         out.push_str("\ngaps\n");
         if self.gaps.is_empty() {
             out.push_str("  none\n");
@@ -579,7 +625,53 @@ pub(crate) async fn read(
         subscriptions,
         checks,
         gaps: gaps(client).await?,
+        backfills: backfills(client).await?,
     })
+}
+
+/// Running backfills and those finished within the last day (none before the backfill
+/// migration ran).
+async fn backfills(client: &Client) -> Result<Vec<BackfillStatus>, OpsError> {
+    let q = OpsError::from_query;
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('walhook.backfill_jobs') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(q)?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(client
+        .query(
+            &format!(
+                "SELECT id::text, format('%s.%s', schema_name, table_name), subscription_id::text,
+                        state, rows_sent, estimated_total, error, {}, {}
+                 FROM walhook.backfill_jobs
+                 WHERE state = 'running' OR finished_at > now() - interval '1 day'
+                 ORDER BY created_at DESC LIMIT 20",
+                rfc3339("created_at"),
+                rfc3339("finished_at"),
+            ),
+            &[],
+        )
+        .await
+        .map_err(q)?
+        .iter()
+        .map(|r| BackfillStatus {
+            id: r.get(0),
+            table: r.get(1),
+            subscription_id: r.get(2),
+            state: r.get(3),
+            rows_sent: r.get(4),
+            estimated_total: r.get(5),
+            error: r.get(6),
+            created_at: r.get(7),
+            finished_at: r.get(8),
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -4,6 +4,11 @@
 //! Invariants: a change is only emitted inside a Begin/Commit frame and gets the next index
 //! of that transaction; a Relation message replaces the cached shape (it is re-sent after
 //! DDL and TRUNCATE), so rows decoded after it carry the new columns.
+//!
+//! A transactional logical message with the prefix [`WATERMARK_PREFIX`] is a backfill
+//! watermark: it is yielded as a change of the pseudo table [`Table::watermark`] whose `new`
+//! image is the message's JSON payload ([`crate::backfill`] takes it out of the stream).
+//! Other logical messages are skipped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use super::types::TypeRegistry;
 use super::value::to_json;
 use crate::change::{
     Begin, CaptureMessage, Commit, CommitTime, Op, Origin, Position, Row, RowChange, Table,
+    WATERMARK_PREFIX,
 };
 
 /// A cached relation: its wire shape and the table handed to the pipeline.
@@ -30,6 +36,8 @@ pub struct Decoder {
     relations: HashMap<u32, Entry>,
     types: TypeRegistry,
     tx: Option<(Begin, u32)>,
+    /// The pseudo table of backfill watermarks, made once.
+    watermark: Option<Arc<Table>>,
 }
 
 impl Decoder {
@@ -119,6 +127,36 @@ impl Decoder {
             }
             PgOutput::Relation(relation) => self.add_relation(relation, Vec::new()),
             PgOutput::Type { oid, .. } => self.types.forget(oid),
+            PgOutput::Message {
+                transactional: true,
+                prefix,
+                content,
+                ..
+            } if prefix == WATERMARK_PREFIX && self.tx.is_some() => {
+                if let Ok(Value::Object(payload)) = serde_json::from_slice::<Value>(content) {
+                    let table = self
+                        .watermark
+                        .get_or_insert_with(|| Arc::new(Table::watermark()))
+                        .clone();
+                    let (begin, index) = self.tx.as_mut().ok_or(DecodeError::OutsideTransaction)?;
+                    let position = Position {
+                        commit_lsn: begin.commit_lsn,
+                        index: *index,
+                    };
+                    *index += 1;
+                    out.push(CaptureMessage::Change(RowChange {
+                        position,
+                        xid: begin.xid,
+                        commit_time: begin.commit_time,
+                        table,
+                        op: Op::Insert,
+                        new: Some(payload),
+                        old: None,
+                        unchanged_toast: Vec::new(),
+                        origin: Origin::Replication,
+                    }));
+                }
+            }
             PgOutput::Origin { .. } | PgOutput::Message { .. } => {}
             PgOutput::Insert { relation, new } => {
                 let entry = self.entry(relation)?;

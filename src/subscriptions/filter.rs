@@ -152,6 +152,12 @@ impl Filter {
         true
     }
 
+    /// Whether a row passes the column conditions alone (a backfill's own filter: a row
+    /// image has no `previous` or `$changed`, so a filter asking for them never passes).
+    pub fn matches_row(&self, row: &crate::change::Row) -> bool {
+        !self.never && self.previous.is_none() && self.changed.is_none() && all(&self.data, row)
+    }
+
     /// Whether the filter lets every event through (no condition at all).
     pub fn is_empty(&self) -> bool {
         !self.never && self.data.is_empty() && self.previous.is_none() && self.changed.is_none()

@@ -184,16 +184,46 @@ impl RoutingIndex {
         self.nouns.keys().cloned().collect()
     }
 
-    /// The routes that receive `event` now.
+    /// The routes that receive `event` now. A backfill's event (`<noun>.backfilled`) goes
+    /// only to its backfill's subscription, or, without one, to every subscription taking
+    /// some event of the noun; the subscription's filter and expiry apply as to any event.
     pub fn route<'a>(
         &'a self,
         event: &'a Event,
         now_micros: i64,
     ) -> impl Iterator<Item = &'a Arc<Route>> {
-        self.by_type
-            .get(&event.event_type)
-            .into_iter()
+        let live = match event.backfill {
+            None => self.by_type.get(&event.event_type),
+            Some(_) => None,
+        };
+        let backfill = event.backfill.map(|origin| {
+            let noun = event
+                .event_type
+                .rsplit_once('.')
+                .map_or(event.event_type.as_str(), |(noun, _)| noun);
+            let verbs = self
+                .nouns
+                .values()
+                .find(|w| w.noun == noun)
+                .map(|w| w.verbs.as_slice())
+                .unwrap_or_default();
+            let takes = move |r: &&Arc<Route>| {
+                r.subscription
+                    .events
+                    .iter()
+                    .any(|p| verbs.iter().any(|v| pattern_matches(p, noun, v)))
+            };
+            let (one, every) = match origin.subscription {
+                Some(id) => (self.by_id.get(&id), None),
+                None => (None, Some(self.by_id.values())),
+            };
+            one.into_iter()
+                .chain(every.into_iter().flatten())
+                .filter(takes)
+        });
+        live.into_iter()
             .flatten()
+            .chain(backfill.into_iter().flatten())
             .filter(move |r| r.matches(event, now_micros))
     }
 

@@ -11,7 +11,8 @@ use crate::support::TestDb;
 use crate::support::daemon::{Daemon, FAST_RETRIES, config};
 use crate::support::receiver::Receiver;
 
-const TOP: [&str; 10] = [
+const TOP: [&str; 11] = [
+    "backfills",
     "capture",
     "checked_at",
     "checks",

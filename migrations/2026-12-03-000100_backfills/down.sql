@@ -1,0 +1,2 @@
+DROP VIEW IF EXISTS walhook.backfills;
+DROP TABLE walhook.backfill_jobs;
