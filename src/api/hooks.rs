@@ -399,7 +399,7 @@ async fn write(
         Write::Replace => (input.whole(&caller.owner, current.secret)?, true),
         Write::Patch => {
             let check_events = input.events.is_some() || input.target_url.is_some();
-            let mut row = HookRow::from_hook(current, &caller.owner);
+            let mut row = HookRow::from_hook(current, Some(caller.owner.clone()));
             input.merge(&mut row);
             (row, check_events)
         }

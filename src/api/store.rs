@@ -118,10 +118,10 @@ pub struct HookRow {
 }
 
 impl HookRow {
-    /// The row as `hook` has it now, owned by `owner`.
-    pub fn from_hook(hook: Hook, owner: &str) -> HookRow {
+    /// The row as `hook` has it now, owned by `owner` (`None`: an admin's).
+    pub fn from_hook(hook: Hook, owner: Option<String>) -> HookRow {
         HookRow {
-            owner: Some(owner.to_owned()),
+            owner,
             events: hook.events,
             target_url: hook.target_url,
             filter: hook.filter,

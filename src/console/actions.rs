@@ -16,7 +16,7 @@ use std::time::Instant;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use diesel::sql_types::{Nullable, Text, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{Value, json};
 
 use super::pages::{render_subscription, render_tables, visible};
@@ -40,6 +40,18 @@ fn acting(viewer: &Viewer) -> Caller {
     }
 }
 
+/// The subscription `id` as the viewer may act on it: visible to them (else 404) and its
+/// events within their scopes (else 403).
+async fn acted_on(
+    conn: &mut AsyncPgConnection,
+    viewer: &Viewer,
+    id: &str,
+) -> Result<(Hook, Option<String>), ConsoleError> {
+    let (hook, owner) = visible(conn, viewer, id).await?;
+    in_scope(&acting(viewer), &hook.events)?;
+    Ok((hook, owner))
+}
+
 /// Reads the subscription, lets `change` edit its row, writes it and applies it to routing.
 async fn rewrite(
     state: &ConsoleState,
@@ -50,24 +62,10 @@ async fn rewrite(
     let caller = acting(viewer);
     let (hook, owner) = {
         let mut conn = store::conn(&state.api.pool).await?;
-        visible(&mut conn, viewer, id).await?
+        acted_on(&mut conn, viewer, id).await?
     };
-    in_scope(&caller, &hook.events)?;
-    let current_url = hook.target_url.clone();
-    let mut row = HookRow {
-        owner: owner.clone(),
-        events: hook.events,
-        target_url: hook.target_url,
-        filter: hook.filter,
-        secret: hook.secret,
-        headers: hook.headers,
-        context: hook.context,
-        active: hook.active,
-        expires_at: hook.expires_at,
-        batch_max: hook.batch_max,
-        batch_window_ms: hook.batch_window_ms,
-        http2: hook.http2,
-    };
+    let (hook_id, current_url) = (hook.id, hook.target_url.clone());
+    let mut row = HookRow::from_hook(hook, owner.clone());
     change(&mut row)?;
     check_patterns(&caller, &row.events)?;
     if row.target_url != current_url {
@@ -76,9 +74,9 @@ async fn rewrite(
     }
     let mut conn = store::conn(&state.api.pool).await?;
     let written = if viewer.admin {
-        store::update_any(&mut conn, hook.id, &row).await?
+        store::update_any(&mut conn, hook_id, &row).await?
     } else {
-        store::update(&mut conn, &viewer.caller.owner, hook.id, &row).await?
+        store::update(&mut conn, &viewer.caller.owner, hook_id, &row).await?
     };
     drop(conn);
     let written =
@@ -178,8 +176,7 @@ pub async fn redeliver(
     action: Action,
 ) -> Result<Response, ConsoleError> {
     let mut conn = store::conn(&state.api.pool).await?;
-    let (hook, _) = visible(&mut conn, &action.viewer, &id).await?;
-    in_scope(&acting(&action.viewer), &hook.events)?;
+    let (hook, _) = acted_on(&mut conn, &action.viewer, &id).await?;
     let event = Some(action.field("event_id").to_owned()).filter(|e| !e.is_empty());
     diesel::sql_query("SELECT walhook.redeliver($1, $2)")
         .bind::<Nullable<Text>, _>(event)
@@ -199,9 +196,8 @@ pub async fn test(
 ) -> Result<Response, ConsoleError> {
     let hook = {
         let mut conn = store::conn(&state.api.pool).await?;
-        visible(&mut conn, &action.viewer, &id).await?.0
+        acted_on(&mut conn, &action.viewer, &id).await?.0
     };
-    in_scope(&acting(&action.viewer), &hook.events)?;
     let event_id = format!("evt_test_{:016x}", rand::random::<u64>());
     let body = json!({
         "id": event_id,

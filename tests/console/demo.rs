@@ -1,29 +1,15 @@
 //! `walhook demo` prints a one-time console login link that logs in once.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use crate::support::daemon::spawn_demo;
 
 use super::Console;
 
 #[tokio::test]
 async fn demo_prints_a_console_link_that_logs_in_once() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .arg("demo")
-        .env("WALHOOK_LOG", "walhook=warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx) = spawn_demo();
     let deadline = Instant::now() + Duration::from_secs(60);
     let link = loop {
         let left = deadline.saturating_duration_since(Instant::now());

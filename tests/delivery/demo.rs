@@ -1,27 +1,13 @@
 //! `walhook demo` works as the README says: webhooks arrive, Ctrl-C stops it cleanly.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use crate::support::daemon::spawn_demo;
 
 #[test]
 fn demo_delivers_webhooks_and_stops_on_ctrl_c() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walhook"))
-        .arg("demo")
-        .env("WALHOOK_LOG", "walhook=warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx) = spawn_demo();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut types = Vec::new();
     let mut curl = None;

@@ -109,3 +109,26 @@ pub fn spawn_walhook(db: &TestDb, extra: &[(&str, &str)]) -> std::process::Child
         .spawn()
         .unwrap()
 }
+
+/// `walhook demo` as its own process, and its stdout lines as they come (read on a thread).
+pub fn spawn_demo() -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walhook"))
+        .arg("demo")
+        .env("WALHOOK_LOG", "walhook=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
