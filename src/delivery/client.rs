@@ -461,11 +461,17 @@ fn transport_error(error: &reqwest::Error) -> String {
     } else {
         "request"
     };
-    let mut cause: &dyn std::error::Error = error;
+    let cause = innermost(error);
+    bounded_text(format!("{kind}: {cause}").as_bytes(), MAX_ERROR_TEXT)
+}
+
+/// The most specific cause of an error.
+pub(super) fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
     while let Some(next) = cause.source() {
         cause = next;
     }
-    bounded_text(format!("{kind}: {cause}").as_bytes(), MAX_ERROR_TEXT)
+    cause.to_string()
 }
 
 #[cfg(test)]

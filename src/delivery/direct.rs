@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -31,6 +30,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 
+use super::client::innermost;
 use super::guard;
 
 /// Most response headers accepted; more fails the attempt (as on the reqwest path).
@@ -238,16 +238,9 @@ impl Pool {
     /// refused, only addresses the guard allows connected to.
     async fn connect(&self, endpoint: &Endpoint) -> Result<SendRequest<OneShot>, DirectError> {
         let connect = async {
-            let addrs: Vec<SocketAddr> = match endpoint.host.parse::<IpAddr>() {
-                Ok(ip) => vec![SocketAddr::new(ip, endpoint.port)],
-                Err(_) => tokio::net::lookup_host((&*endpoint.host, endpoint.port))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .collect(),
-            };
-            let allowed = addrs
-                .into_iter()
-                .filter(|a| self.allow_private || !guard::is_forbidden(a.ip()));
+            let allowed = guard::resolve(&endpoint.host, endpoint.port, self.allow_private)
+                .await
+                .map_err(|e| e.to_string())?;
             let mut last = None;
             for addr in allowed {
                 match tokio::net::TcpStream::connect(addr).await {
@@ -258,7 +251,7 @@ impl Pool {
                     Err(e) => last = Some(e.to_string()),
                 }
             }
-            Err(last.unwrap_or_else(|| guard::Forbidden(endpoint.host.to_string()).to_string()))
+            Err(last.unwrap_or_default())
         };
         let stream = tokio::time::timeout(self.connect_timeout, connect)
             .await
@@ -295,13 +288,4 @@ async fn read_start(body: &mut Incoming, cap: usize) -> (Bytes, bool) {
             None => return (read.freeze(), true),
         }
     }
-}
-
-/// The most specific cause of an error.
-fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }

@@ -73,19 +73,27 @@ pub struct GuardedResolver;
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = addrs
-                .into_iter()
-                .filter(|a| !is_forbidden(a.ip()))
-                .collect();
-            if allowed.is_empty() {
-                return Err(Box::new(Forbidden(host)) as Box<dyn std::error::Error + Send + Sync>);
-            }
+            let allowed = resolve(name.as_str(), 0, false).await?;
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
     }
+}
+
+/// `host`'s addresses at `port` (an IP literal is its own address), the forbidden ones
+/// dropped unless `allow_private`; [`Forbidden`] when none is left.
+pub async fn resolve(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+    let allowed: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await?
+        .filter(|a| allow_private || !is_forbidden(a.ip()))
+        .collect();
+    if allowed.is_empty() {
+        return Err(Box::new(Forbidden(host.to_owned())));
+    }
+    Ok(allowed)
 }
 
 /// The target resolves only to addresses walhook refuses.
