@@ -2,17 +2,35 @@
 //! takes backfill watermarks out of it, and at a chunk's HIGH watermark emits the chunk's
 //! rows that did not change in the live stream since its LOW watermark.
 //!
-//! Only one chunk is in flight at a time (the [`super::Worker`] reads them one after the
-//! other). Between its LOW and HIGH the stage records the row keys of the chunk's table
+//! ```text
+//!  capture ──▶ [ idle: one atomic load, forward ] ──▶ Delivery::run
+//!              [ busy: chunks (registered in order, at most one window open),
+//!                      recent commit xids (the visibility check) ]
+//! ```
+//!
+//! Several chunks may be registered at once (the [`super::Worker`] pipelines them), in the
+//! order their watermarks travel; their windows never overlap in the stream, because the
+//! worker emits a chunk's LOW only after (or in the same transaction as) the previous
+//! chunk's HIGH. Between a chunk's LOW and HIGH the stage records the row keys of its table
 //! that live changes touch (both the new and the old key of an UPDATE; a TRUNCATE drops the
 //! whole chunk). The surviving rows go out as [`Origin::Backfill`] changes inside HIGH's
 //! own transaction frame, so the dispatcher's watermark acknowledges HIGH's end LSN only
 //! once they are delivered or queued; that end LSN is handed back to the worker.
 //!
+//! Idle path: while no chunk is registered, a live message costs one atomic load (no lock)
+//! besides the channel hop; only a watermark (of a killed run, dropped) is looked at.
+//!
+//! While a chunk is registered the stage also remembers the xids of the last
+//! [`RECENT_COMMITS`] transactions that passed, numbered in stream order, so the worker can
+//! tell whether a transaction that came through *before* a LOW watermark was still
+//! invisible to the chunk's read (see [`Interleave::committed_before`]).
+//!
 //! A watermark the stage does not expect (left in the slot or the outbox by a run that was
-//! killed) is dropped; its transaction frame passes on empty and is acknowledged as usual.
+//! killed, or of a chunk the worker gave up) is dropped; its transaction frame passes on
+//! empty and is acknowledged as usual.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::Value;
@@ -22,6 +40,13 @@ use crate::change::{
     BackfillOrigin, Begin, CaptureMessage, Op, Origin, Position, Row, RowChange, Table,
 };
 use crate::lsn::Lsn;
+
+/// How many recent commit xids the stage remembers while a backfill runs (for the
+/// visibility check): a transaction must become visible within this many later commits.
+pub(super) const RECENT_COMMITS: usize = 65_536;
+
+/// Messages taken from the input channel at once.
+const BATCH: usize = 256;
 
 /// The LOW or HIGH watermark payload: `{"backfill": id, "chunk": nonce, "mark": "low"}`.
 pub(super) fn payload(backfill: uuid::Uuid, chunk: &str, mark: &str) -> String {
@@ -38,7 +63,14 @@ pub(super) struct HighDone {
     pub sent: u64,
 }
 
-/// The chunk the worker has open.
+/// What the stage reports when a chunk's LOW watermark went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct LowSeen {
+    /// Stream number of the last commit before LOW (for [`Interleave::committed_before`]).
+    pub commits_before: u64,
+}
+
+/// A chunk the worker registered.
 pub(super) struct Chunk {
     /// Nonce of this chunk (run id and number): watermarks of other runs do not match.
     pub nonce: String,
@@ -47,8 +79,8 @@ pub(super) struct Chunk {
     /// The table as the live stream names it, with its primary key.
     pub table: Arc<Table>,
     /// Told when LOW went through (the window is open).
-    pub low_seen: Option<oneshot::Sender<()>>,
-    /// Told when HIGH went through.
+    pub low_seen: Option<oneshot::Sender<LowSeen>>,
+    /// Told when HIGH's frame went through.
     pub high_done: Option<oneshot::Sender<HighDone>>,
     /// The rows read, set before HIGH is emitted.
     pub rows: Option<Vec<Row>>,
@@ -63,7 +95,7 @@ impl Chunk {
         nonce: String,
         origin: Arc<BackfillOrigin>,
         table: Arc<Table>,
-        low_seen: oneshot::Sender<()>,
+        low_seen: oneshot::Sender<LowSeen>,
         high_done: oneshot::Sender<HighDone>,
     ) -> Chunk {
         Chunk {
@@ -80,16 +112,120 @@ impl Chunk {
     }
 }
 
-/// The worker's handle on the stage: where it puts the chunk it has open.
+/// What the stage keeps while a backfill runs.
+#[derive(Default)]
+pub(super) struct Chunks {
+    /// Registered chunks in watermark order.
+    queue: VecDeque<Chunk>,
+    /// Commits that passed since the stage became busy.
+    commits: u64,
+    /// xid → stream number of its last commit, for the last [`RECENT_COMMITS`] commits.
+    recent: HashMap<u32, u64>,
+    /// The same xids in stream order (for eviction).
+    order: VecDeque<(u32, u64)>,
+}
+
+impl Chunks {
+    /// Registers a chunk after those already registered.
+    pub fn push(&mut self, chunk: Chunk) {
+        self.queue.push_back(chunk);
+    }
+
+    /// The registered chunk `nonce`, to hand it its rows.
+    pub fn get_mut(&mut self, nonce: &str) -> Option<&mut Chunk> {
+        self.queue.iter_mut().find(|c| c.nonce == nonce)
+    }
+
+    /// Forgets chunk `nonce` (given up: its watermarks will be dropped).
+    pub fn forget(&mut self, nonce: &str) {
+        self.queue.retain(|c| c.nonce != nonce);
+    }
+
+    /// Forgets every chunk.
+    pub fn clear(&mut self) {
+        self.queue.clear();
+    }
+
+    fn remember_commit(&mut self, xid: u32) {
+        self.commits += 1;
+        let n = self.commits;
+        self.recent.insert(xid, n);
+        self.order.push_back((xid, n));
+        if self.order.len() > RECENT_COMMITS
+            && let Some((old, at)) = self.order.pop_front()
+            && self.recent.get(&old) == Some(&at)
+        {
+            self.recent.remove(&old);
+        }
+    }
+}
+
+/// The worker's handle on the stage: where it registers the chunks it has in flight.
 #[derive(Clone, Default)]
 pub struct Interleave {
-    chunk: Arc<Mutex<Option<Chunk>>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Whether any chunk is registered: the idle path reads only this. Written under the
+    /// `chunks` lock; a stale `false` seen by the stage is harmless, because a chunk's
+    /// watermarks are emitted only after its registration returned.
+    busy: AtomicBool,
+    chunks: Mutex<Chunks>,
+}
+
+/// The stage's lock, which keeps `busy` in step with the chunk queue when dropped.
+pub(super) struct Guard<'a> {
+    guard: MutexGuard<'a, Chunks>,
+    busy: &'a AtomicBool,
+}
+
+impl std::ops::Deref for Guard<'_> {
+    type Target = Chunks;
+    fn deref(&self) -> &Chunks {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut Chunks {
+        &mut self.guard
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        let busy = !self.guard.queue.is_empty();
+        if !busy && self.busy.load(Ordering::Relaxed) {
+            // Idle again: the commit history starts afresh with the next chunk.
+            self.guard.recent.clear();
+            self.guard.order.clear();
+        }
+        self.busy.store(busy, Ordering::Release);
+    }
 }
 
 impl Interleave {
-    pub(super) fn lock(&self) -> MutexGuard<'_, Option<Chunk>> {
-        // A panic while holding the lock leaves a consistent Option; go on with it.
-        self.chunk.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(super) fn lock(&self) -> Guard<'_> {
+        // A panic while holding the lock leaves a consistent queue; go on with it.
+        Guard {
+            guard: self
+                .shared
+                .chunks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            busy: &self.shared.busy,
+        }
+    }
+
+    /// Whether one of `xids` (low 32 bits) committed in the stream at or before stream
+    /// number `commits_before`, as far as the last [`RECENT_COMMITS`] commits tell.
+    pub(super) fn committed_before(&self, commits_before: u64, xids: &[u32]) -> Option<u32> {
+        let chunks = self.lock();
+        xids.iter()
+            .copied()
+            .find(|x| chunks.recent.get(x).is_some_and(|&n| n <= commits_before))
     }
 }
 
@@ -121,40 +257,52 @@ async fn run(
     handle: Interleave,
 ) {
     let mut begin: Option<Begin> = None;
-    let mut high: Option<(oneshot::Sender<HighDone>, u64)> = None;
-    while let Some(message) = input.recv().await {
-        match &message {
-            CaptureMessage::Begin(b) => begin = Some(b.clone()),
-            CaptureMessage::Change(change) => {
-                if let Some(mark) = change.watermark() {
-                    let Some((rows, done)) = watermark(&handle, mark, begin.as_ref(), change)
-                    else {
-                        continue;
-                    };
-                    let sent = rows.len() as u64;
-                    for row in rows {
-                        if output.send(CaptureMessage::Change(row)).await.is_err() {
-                            return;
+    let mut high: Vec<(oneshot::Sender<HighDone>, u64)> = Vec::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    while input.recv_many(&mut batch, BATCH).await > 0 {
+        for message in batch.drain(..) {
+            let busy = handle.shared.busy.load(Ordering::Acquire);
+            match &message {
+                CaptureMessage::Begin(b) => begin = Some(b.clone()),
+                CaptureMessage::Change(change) => {
+                    if let Some(mark) = change.watermark() {
+                        // Rare: always under the lock (a watermark of a killed run or of a
+                        // chunk given up finds no chunk and is dropped).
+                        let Some(emitted) = watermark(&handle, mark, begin.as_ref(), change) else {
+                            continue;
+                        };
+                        if let Some((rows, done)) = emitted {
+                            let sent = rows.len() as u64;
+                            for row in rows {
+                                if output.send(CaptureMessage::Change(row)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            high.push((done, sent));
                         }
+                        continue;
                     }
-                    high = Some((done, sent));
+                    if busy {
+                        record(&handle, change);
+                    }
+                }
+                CaptureMessage::Commit(commit) => {
+                    let end_lsn = commit.end_lsn;
+                    if busy || !high.is_empty() {
+                        handle.lock().remember_commit(commit.xid);
+                    }
+                    if output.send(message).await.is_err() {
+                        return;
+                    }
+                    for (done, sent) in high.drain(..) {
+                        let _ = done.send(HighDone { end_lsn, sent });
+                    }
                     continue;
                 }
-                record(&handle, change);
             }
-            CaptureMessage::Commit(commit) => {
-                let end_lsn = commit.end_lsn;
-                if output.send(message).await.is_err() {
-                    return;
-                }
-                if let Some((done, sent)) = high.take() {
-                    let _ = done.send(HighDone { end_lsn, sent });
-                }
-                continue;
+            if output.send(message).await.is_err() {
+                return;
             }
-        }
-        if output.send(message).await.is_err() {
-            return;
         }
     }
 }
@@ -162,7 +310,7 @@ async fn run(
 /// Records a live change of the open chunk's table.
 fn record(handle: &Interleave, change: &RowChange) {
     let mut guard = handle.lock();
-    let Some(chunk) = guard.as_mut().filter(|c| c.open) else {
+    let Some(chunk) = guard.queue.iter_mut().find(|c| c.open) else {
         return;
     };
     if change.table.schema != chunk.table.schema || change.table.name != chunk.table.name {
@@ -177,30 +325,40 @@ fn record(handle: &Interleave, change: &RowChange) {
     }
 }
 
-/// Handles a watermark: LOW opens the window; HIGH closes it and returns the surviving rows
-/// (as changes positioned in HIGH's frame) with the sender to report the frame's end on.
+/// The surviving rows of a chunk (as changes positioned in HIGH's frame) and the sender
+/// to report the frame's end on.
+type Emitted = (Vec<RowChange>, oneshot::Sender<HighDone>);
+
+/// Handles a watermark: LOW opens the window (`Some(None)`); HIGH closes it and returns
+/// the surviving rows (`Some(Some(..))`). `None`: not a watermark of a registered chunk.
 fn watermark(
     handle: &Interleave,
     mark: &Row,
     begin: Option<&Begin>,
     change: &RowChange,
-) -> Option<(Vec<RowChange>, oneshot::Sender<HighDone>)> {
+) -> Option<Option<Emitted>> {
     let text = |k: &str| mark.get(k).and_then(Value::as_str).unwrap_or_default();
     let mut guard = handle.lock();
-    let chunk = guard.as_mut()?;
-    if text("backfill") != chunk.origin.id.to_string() || text("chunk") != chunk.nonce {
-        return None; // a watermark of another run: dropped
-    }
+    let (backfill, nonce) = (text("backfill"), text("chunk"));
+    let at = guard
+        .queue
+        .iter()
+        .position(|c| c.nonce == nonce && c.origin.id.to_string() == backfill)?;
     match text("mark") {
         "low" => {
+            let commits_before = guard.commits;
+            let chunk = &mut guard.queue[at];
             chunk.open = true;
             if let Some(seen) = chunk.low_seen.take() {
-                let _ = seen.send(());
+                let _ = seen.send(LowSeen { commits_before });
             }
-            None
+            Some(None)
         }
         "high" => {
-            let chunk = guard.take()?;
+            let chunk = guard.queue.remove(at)?;
+            // Chunks registered before this one whose HIGH never came are given up.
+            guard.queue.drain(..at);
+            drop(guard);
             let (Some(rows), Some(done), true) = (chunk.rows, chunk.high_done, chunk.open) else {
                 return None; // not ready: the worker times out and reads the chunk again
             };
@@ -228,7 +386,7 @@ fn watermark(
                     origin: Origin::Backfill(chunk.origin.clone()),
                 })
                 .collect();
-            Some((changes, done))
+            Some(Some((changes, done)))
         }
         _ => None,
     }

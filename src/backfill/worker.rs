@@ -2,25 +2,41 @@
 //! other and reads each in primary-key chunks bracketed by watermarks (see [`super`]).
 //!
 //! It works only while this instance's capture streams (a standby's watermarks would go
-//! through another instance's stream). Each chunk: register it with the stage, emit LOW,
-//! wait until the stage saw LOW, read up to `chunk_size` rows after `last_key` in key order
-//! (one short autocommit query: no lock beyond the read's, no long snapshot), hand them to
-//! the stage, emit HIGH, wait until HIGH's frame is acknowledged, then store `last_key` and
-//! `rows_sent`; while a chunk's worth of backfilled events waits in the queue table (a
-//! slow endpoint), the next chunk waits. A chunk shorter than `chunk_size` ends the
-//! backfill (`done`). Progress is
-//! re-read before every chunk, so `walhook.cancel_backfill` stops it within one chunk.
+//! through another instance's stream). Chunks are pipelined: up to [`CHUNKS_IN_FLIGHT`]
+//! chunks are read and handed to the stage while the earlier ones' events are delivered.
+//!
+//! ```text
+//!  register N · emit HIGH(N-1)+LOW(N) in one transaction · LOW(N) seen · read N ·
+//!  register N+1 · emit HIGH(N)+LOW(N+1) · …         (a short chunk ends the reading)
+//!  meanwhile: the oldest in-flight chunk's HIGH frame acknowledged → store its last_key
+//! ```
+//!
+//! Each read is one short autocommit statement (no lock beyond the read's, no long
+//! snapshot) that also returns its own snapshot's in-progress xids: in replication mode a
+//! transaction that came through the stream before LOW but was still invisible to the read
+//! makes the worker read the chunk again (the stage's [`super::Interleave::committed_before`]).
+//! Stored progress only advances to a chunk whose HIGH frame is acknowledged, in chunk
+//! order, so after `kill -9` at most [`CHUNKS_IN_FLIGHT`] chunks are sent again. While
+//! `CHUNKS_IN_FLIGHT` chunks' worth of backfilled events waits in the queue table (a slow
+//! endpoint), the next chunk waits. Waiting is on notifications: the stage's oneshots for
+//! the watermarks, the [`Acknowledger`] for acknowledgements, and `LISTEN walhook_backfill`
+//! (sent by `walhook.backfill` and `walhook.cancel_backfill`) for new and cancelled
+//! backfills; only the slow-endpoint hold polls.
 
+use futures_util::stream::poll_fn;
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
-use tokio_postgres::Client;
+use tokio::sync::{Notify, oneshot};
+use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
 use super::BackfillError;
-use super::interleave::{Chunk, HighDone, Interleave, payload};
+use super::interleave::{Chunk, HighDone, Interleave, LowSeen, payload};
 use crate::capture::Acknowledger;
 use crate::change::{BackfillOrigin, Row, Table, WATERMARK_PREFIX, WATERMARK_TABLE};
 use crate::database::Database;
@@ -30,8 +46,22 @@ use crate::subscriptions::filter::Filter;
 /// tried again.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How often the worker looks for running backfills when it has none.
-const IDLE_POLL: Duration = Duration::from_millis(250);
+/// How often the worker looks at the capture's role while it is not streaming.
+const ROLE_POLL: Duration = Duration::from_millis(250);
+
+/// How long the worker waits for a `walhook_backfill` notification before looking for
+/// running backfills anyway (a notification sent while the session reconnected).
+const IDLE_FALLBACK: Duration = Duration::from_secs(10);
+
+/// How often a chunk held back by the queue table (a slow endpoint) looks again.
+const QUEUE_POLL: Duration = Duration::from_millis(100);
+
+/// Chunks read and handed to the stage whose events may not be acknowledged yet: the
+/// pipeline depth, and the bound on chunks sent again after `kill -9`.
+pub(crate) const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// The channel `walhook.backfill` and `walhook.cancel_backfill` notify.
+const CHANNEL: &str = "walhook_backfill";
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -54,6 +84,15 @@ pub struct Worker {
     chunks: u64,
 }
 
+/// The worker's database session: a client and what its LISTEN hears.
+struct Session {
+    client: Client,
+    /// Woken by every `walhook_backfill` notification (and when the session ends).
+    wake: Arc<Notify>,
+    /// Set by every notification: a backfill may have been cancelled.
+    changed: Arc<AtomicBool>,
+}
+
 /// A backfill as the worker reads it.
 struct Job {
     id: uuid::Uuid,
@@ -61,6 +100,20 @@ struct Job {
     subscription: Option<uuid::Uuid>,
     filter: Value,
     last_key: Option<String>,
+}
+
+/// A chunk handed to the stage whose progress is not stored yet.
+struct InFlight {
+    high: Option<oneshot::Receiver<HighDone>>,
+    done: Option<HighDone>,
+    last_key: Option<String>,
+    last: bool,
+}
+
+/// The two statements reading a chunk (from the start, after a key).
+struct Reads {
+    first: String,
+    next: String,
 }
 
 impl Worker {
@@ -77,45 +130,80 @@ impl Worker {
 
     /// Works through running backfills until `stop`.
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut client: Option<Client> = None;
+        let mut session: Option<Session> = None;
         while !stop.is_cancelled() {
-            let wait = if !self.ack.is_streaming() {
-                IDLE_POLL
-            } else {
-                match self.round(&mut client, &stop).await {
-                    Ok(true) => Duration::ZERO,
-                    Ok(false) => IDLE_POLL,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "backfill interrupted; trying again");
-                        client = None;
-                        Duration::from_secs(1)
-                    }
+            if !self.ack.is_streaming() {
+                tokio::select! {
+                    _ = tokio::time::sleep(ROLE_POLL) => {}
+                    _ = stop.cancelled() => {}
+                }
+                continue;
+            }
+            let wait = match self.round(&mut session, &stop).await {
+                Ok(true) => continue,
+                Ok(false) => IDLE_FALLBACK,
+                Err(e) => {
+                    tracing::warn!(error = %e, "backfill interrupted; trying again");
+                    session = None;
+                    Duration::from_secs(1)
                 }
             };
+            let wake = session.as_ref().map(|s| s.wake.clone());
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = async { match wake { Some(w) => w.notified().await, None => std::future::pending().await } } => {}
                 _ = stop.cancelled() => {}
             }
         }
-        *self.stage.lock() = None;
+        self.stage.lock().clear();
+    }
+
+    /// A session listening on [`CHANNEL`].
+    async fn connect(&self) -> Result<Session, BackfillError> {
+        let (client, mut connection) = self.config.database.connect().await?;
+        let wake = Arc::new(Notify::new());
+        let changed = Arc::new(AtomicBool::new(false));
+        let (w, c) = (wake.clone(), changed.clone());
+        tokio::spawn(async move {
+            let mut messages = poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => {
+                        c.store(true, Ordering::Release);
+                        w.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            w.notify_one();
+        });
+        client
+            .batch_execute(&format!(
+                "SET TimeZone = 'UTC'; SET application_name = 'walhook backfill'; LISTEN {CHANNEL}"
+            ))
+            .await?;
+        Ok(Session {
+            client,
+            wake,
+            changed,
+        })
     }
 
     /// Runs the oldest running backfill until it ends or stops; whether there was one.
     async fn round(
         &mut self,
-        client: &mut Option<Client>,
+        session: &mut Option<Session>,
         stop: &CancellationToken,
     ) -> Result<bool, BackfillError> {
-        if client.as_ref().is_none_or(Client::is_closed) {
-            let fresh = self.config.database.client().await?;
-            fresh
-                .batch_execute("SET TimeZone = 'UTC'; SET application_name = 'walhook backfill'")
-                .await?;
-            *client = Some(fresh);
+        if session.as_ref().is_none_or(|s| s.client.is_closed()) {
+            *session = Some(self.connect().await?);
         }
-        let Some(client) = client.as_ref() else {
+        let Some(session) = session.as_ref() else {
             return Ok(false);
         };
+        let client = &session.client;
+        session.changed.store(false, Ordering::Release);
         let Some(row) = client
             .query_opt(
                 "SELECT id::text, relid::int8, subscription_id::text, filter::text, last_key::text
@@ -134,7 +222,11 @@ impl Worker {
             last_key: row.get(4),
         };
         let id = job.id;
-        match self.backfill(client, id, job, stop).await {
+        let outcome = self.backfill(session, id, job, stop).await;
+        // Whatever happened, no chunk of this run stays registered: their watermarks are
+        // dropped when they come through.
+        self.stage.lock().clear();
+        match outcome {
             Err(BackfillError::Definite(message)) => {
                 tracing::warn!(error = %message, "backfill failed");
                 Ok(true)
@@ -145,11 +237,12 @@ impl Worker {
 
     async fn backfill(
         &mut self,
-        client: &Client,
+        session: &Session,
         id: uuid::Uuid,
-        mut job: Job,
+        job: Job,
         stop: &CancellationToken,
     ) -> Result<(), BackfillError> {
+        let client = &session.client;
         let table = match describe(client, job.relid).await? {
             Ok(table) => Arc::new(table),
             Err(message) => {
@@ -164,126 +257,155 @@ impl Worker {
                 return Err(BackfillError::Definite(message));
             }
         };
-        let qualified = format!("{}.{}", quote(&table.schema), quote(&table.name));
-        let order = table
-            .key
-            .iter()
-            .map(|k| format!("t.{}", quote(k)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let from_key = table
-            .key
-            .iter()
-            .map(|k| format!("r.{}", quote(k)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let first = format!("SELECT to_json(t)::text FROM {qualified} t ORDER BY {order} LIMIT $1");
-        let next = format!(
-            "SELECT to_json(t)::text FROM {qualified} t
-             WHERE ({order}) > (SELECT {from_key} FROM jsonb_populate_record(NULL::{qualified}, $2::text::jsonb) r)
-             ORDER BY {order} LIMIT $1"
-        );
+        let reads = reads(&table, !self.config.trigger);
         let filter = Filter::compile(&job.filter);
         let origin = Arc::new(BackfillOrigin {
             id,
             subscription: job.subscription,
             trigger: self.config.trigger,
         });
-        tracing::info!(backfill = %id, table = %qualified, "backfill running");
+        tracing::info!(backfill = %id, table = %table.name, "backfill running");
+        let mut key = job.last_key.clone();
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        // The chunk whose rows the stage has but whose HIGH is not emitted yet: it goes out
+        // with the next chunk's LOW, in one transaction.
+        let mut pending_high: Option<String> = None;
+        let mut reading = true;
         loop {
-            let state: Option<String> = client
-                .query_opt(
-                    "SELECT state FROM walhook.backfill_jobs WHERE id = $1::text::uuid",
-                    &[&id.to_string()],
-                )
-                .await?
-                .map(|r| r.get(0));
-            if state.as_deref() != Some("running") {
-                tracing::info!(backfill = %id, state = ?state, "backfill no longer running");
+            if !self.settle(client, id, &mut in_flight).await? {
+                return Ok(());
+            }
+            if session.changed.swap(false, Ordering::AcqRel) && !running(client, id).await? {
+                tracing::info!(backfill = %id, "backfill no longer running");
                 return Ok(());
             }
             if stop.is_cancelled() || !self.ack.is_streaming() {
+                return Ok(());
+            }
+            if !reading {
+                if let Some(nonce) = pending_high.take() {
+                    self.emit(client, &[payload(id, &nonce, "high")]).await?;
+                }
+                let Some(front) = in_flight.front_mut() else {
+                    return Ok(()); // the last chunk's progress (state done) is stored
+                };
+                if !self.acknowledged(front, &session.wake, stop).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            // Pipeline depth: the oldest chunk must be acknowledged before another is read.
+            if in_flight.len() >= CHUNKS_IN_FLIGHT {
+                let Some(front) = in_flight.front_mut() else {
+                    continue;
+                };
+                if !self.acknowledged(front, &session.wake, stop).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            if !self.queue_has_room(client, stop).await? {
                 return Ok(());
             }
             self.chunks += 1;
             let nonce = format!("{}:{}", self.run_id, self.chunks);
             let (low_tx, low_rx) = oneshot::channel();
             let (high_tx, high_rx) = oneshot::channel();
-            *self.stage.lock() = Some(Chunk::new(
+            self.stage.lock().push(Chunk::new(
                 nonce.clone(),
                 origin.clone(),
                 table.clone(),
                 low_tx,
                 high_tx,
             ));
-            let outcome = self
-                .chunk(
-                    client,
-                    &job,
-                    &nonce,
-                    (&first, &next),
-                    &filter,
-                    &table,
-                    low_rx,
-                    high_rx,
-                    stop,
-                )
-                .await;
-            *self.stage.lock() = None;
-            let Some((done, read, last_key)) = outcome? else {
+            let mut marks = Vec::with_capacity(2);
+            if let Some(previous) = pending_high.take() {
+                marks.push(payload(id, &previous, "high"));
+            }
+            marks.push(payload(id, &nonce, "low"));
+            self.emit(client, &marks).await?;
+            let Some(low) = wait(low_rx, stop).await? else {
                 return Ok(()); // stopping
             };
-            client
-                .execute(
-                    "UPDATE walhook.backfill_jobs
-                     SET last_key = coalesce($2::text::jsonb, last_key), rows_sent = rows_sent + $3,
-                         updated_at = now(),
-                         state = CASE WHEN $4 THEN 'done' ELSE state END,
-                         finished_at = CASE WHEN $4 THEN now() END
-                     WHERE id = $1::text::uuid AND state = 'running'",
-                    &[
-                        &id.to_string(),
-                        &last_key,
-                        &(done.sent as i64),
-                        &(read < self.config.chunk_size),
-                    ],
-                )
-                .await?;
-            if read < self.config.chunk_size {
-                tracing::info!(backfill = %id, "backfill done");
-                return Ok(());
+            let (rows, xips) = match &key {
+                None => {
+                    client
+                        .query(&reads.first, &[&self.config.chunk_size])
+                        .await?
+                }
+                Some(k) => {
+                    client
+                        .query(&reads.next, &[&self.config.chunk_size, k])
+                        .await?
+                }
             }
-            job.last_key = last_key;
+            .into_iter()
+            .fold((Vec::new(), Vec::new()), |(mut rows, mut xips), row| {
+                match row.get::<_, Option<String>>(0) {
+                    Some(image) => rows.push(image),
+                    None => xips = row.get::<_, Option<Vec<i64>>>(1).unwrap_or_default(),
+                }
+                (rows, xips)
+            });
+            if self.invisible_before_low(low, &xips) {
+                self.stage.lock().forget(&nonce);
+                continue; // read again behind a new LOW
+            }
+            let read = rows.len() as i64;
+            let (chosen, last_key) = self.choose(&rows, &table, &filter);
+            match self.stage.lock().get_mut(&nonce) {
+                Some(chunk) => chunk.rows = Some(chosen),
+                None => {
+                    return Err(BackfillError::Timeout(
+                        "the chunk's watermarks did not pair up".into(),
+                    ));
+                }
+            }
+            pending_high = Some(nonce);
+            reading = read >= self.config.chunk_size;
+            if last_key.is_some() {
+                key.clone_from(&last_key);
+            }
+            in_flight.push_back(InFlight {
+                high: Some(high_rx),
+                done: None,
+                last_key,
+                last: !reading,
+            });
         }
     }
 
-    /// One chunk: LOW, read, HIGH, acknowledged. `None` when stopping.
-    #[allow(clippy::too_many_arguments)]
-    async fn chunk(
-        &self,
-        client: &Client,
-        job: &Job,
-        nonce: &str,
-        (first, next): (&str, &str),
-        filter: &Filter,
-        table: &Table,
-        low_rx: oneshot::Receiver<()>,
-        high_rx: oneshot::Receiver<HighDone>,
-        stop: &CancellationToken,
-    ) -> Result<Option<(HighDone, i64, Option<String>)>, BackfillError> {
-        self.emit(client, &payload(job.id, nonce, "low")).await?;
-        if wait(low_rx, stop).await?.is_none() {
-            return Ok(None);
+    /// Whether, in replication mode, a transaction that came through the stream before
+    /// LOW was still in progress for the chunk's read (PostgreSQL makes a commit visible
+    /// just after writing its record, so this is a rare race): then the read is unsafe.
+    fn invisible_before_low(&self, low: LowSeen, xips: &[i64]) -> bool {
+        if self.config.trigger || xips.is_empty() {
+            return false;
         }
-        let rows = match &job.last_key {
-            None => client.query(first, &[&self.config.chunk_size]).await?,
-            Some(key) => client.query(next, &[&self.config.chunk_size, key]).await?,
-        };
-        let read = rows.len() as i64;
+        let xids: Vec<u32> = xips.iter().map(|x| *x as u32).collect();
+        match self.stage.committed_before(low.commits_before, &xids) {
+            Some(xid) => {
+                tracing::info!(
+                    xid,
+                    "a transaction before the low watermark was not yet visible to the chunk's read; reading it again"
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The rows the filter keeps (generated columns dropped) and the last row's key.
+    fn choose(
+        &self,
+        rows: &[String],
+        table: &Table,
+        filter: &Filter,
+    ) -> (Vec<Row>, Option<String>) {
         let mut last_key = None;
         let mut chosen = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let Ok(Value::Object(mut image)) = serde_json::from_str::<Value>(row.get(0)) else {
+        for text in rows {
+            let Ok(Value::Object(mut image)) = serde_json::from_str::<Value>(text) else {
                 continue;
             };
             // Generated columns: the live stream does not carry them either.
@@ -295,66 +417,190 @@ impl Worker {
                 chosen.push(image);
             }
         }
-        if let Some(chunk) = self.stage.lock().as_mut() {
-            chunk.rows = Some(chosen);
+        (chosen, last_key)
+    }
+
+    /// Waits until the HIGH frame of `chunk` is acknowledged; `false` when stopping.
+    /// Also returns (`true`) on a `walhook_backfill` notification, so that a cancel is seen
+    /// while a slow endpoint holds the acknowledgement.
+    async fn acknowledged(
+        &self,
+        chunk: &mut InFlight,
+        wake: &Notify,
+        stop: &CancellationToken,
+    ) -> Result<bool, BackfillError> {
+        if chunk.done.is_none() {
+            let Some(rx) = chunk.high.take() else {
+                return Err(BackfillError::Timeout(
+                    "the chunk's watermarks did not pair up".into(),
+                ));
+            };
+            let Some(done) = wait(rx, stop).await? else {
+                return Ok(false);
+            };
+            chunk.done = Some(done);
         }
-        self.emit(client, &payload(job.id, nonce, "high")).await?;
-        let Some(done) = wait(high_rx, stop).await? else {
-            return Ok(None);
+        let Some(done) = chunk.done else {
+            return Ok(false);
         };
-        // Acknowledged: the chunk's events are delivered or durably queued.
-        loop {
-            if self.ack.acknowledged() >= done.end_lsn {
-                break;
-            }
-            if stop.is_cancelled() {
-                return Ok(None);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::select! {
+            _ = self.ack.wait_acknowledged(done.end_lsn) => Ok(true),
+            _ = wake.notified() => Ok(true),
+            _ = stop.cancelled() => Ok(false),
         }
-        // Gentle: while a slow endpoint has a chunk's worth of backfilled events waiting in
-        // the queue table, the next chunk waits (the queue never fills with a whole table).
+    }
+
+    /// Stores the progress of the in-flight chunks at the front whose HIGH frames are
+    /// acknowledged, in chunk order; `false` when the backfill ended (done, or no longer
+    /// running).
+    async fn settle(
+        &self,
+        client: &Client,
+        id: uuid::Uuid,
+        in_flight: &mut VecDeque<InFlight>,
+    ) -> Result<bool, BackfillError> {
+        let acknowledged = self.ack.acknowledged();
+        let (mut sent, mut last_key, mut last, mut settled) = (0u64, None, false, 0);
+        while let Some(front) = in_flight.front_mut() {
+            if front.done.is_none()
+                && let Some(rx) = front.high.as_mut()
+                && let Ok(done) = rx.try_recv()
+            {
+                front.done = Some(done);
+                front.high = None;
+            }
+            let Some(done) = front.done.filter(|d| d.end_lsn <= acknowledged) else {
+                break;
+            };
+            sent += done.sent;
+            last = front.last;
+            if front.last_key.is_some() {
+                last_key.clone_from(&front.last_key);
+            }
+            settled += 1;
+            in_flight.pop_front();
+        }
+        if settled == 0 {
+            return Ok(true);
+        }
+        let stored = client
+            .execute(
+                "UPDATE walhook.backfill_jobs
+                 SET last_key = coalesce($2::text::jsonb, last_key), rows_sent = rows_sent + $3,
+                     updated_at = now(),
+                     state = CASE WHEN $4 THEN 'done' ELSE state END,
+                     finished_at = CASE WHEN $4 THEN now() END
+                 WHERE id = $1::text::uuid AND state = 'running'",
+                &[&id.to_string(), &last_key, &(sent as i64), &last],
+            )
+            .await?;
+        if stored == 0 {
+            tracing::info!(backfill = %id, "backfill no longer running");
+        } else if last {
+            tracing::info!(backfill = %id, "backfill done");
+        }
+        Ok(stored == 1 && !last)
+    }
+
+    /// Waits while [`CHUNKS_IN_FLIGHT`] chunks' worth of backfilled events waits in the
+    /// queue table (a slow endpoint: the queue never fills with a whole table, and the
+    /// rate follows the endpoint's); `false` when stopping.
+    async fn queue_has_room(
+        &self,
+        client: &Client,
+        stop: &CancellationToken,
+    ) -> Result<bool, BackfillError> {
+        let limit = self.config.chunk_size * CHUNKS_IN_FLIGHT as i64;
         loop {
             let queued: i64 = client
                 .query_one(
                     "SELECT count(*) FROM (SELECT 1 FROM walhook.delivery_queue
                      WHERE status = 'pending' AND event_id LIKE 'evt_b%' LIMIT $1) q",
-                    &[&self.config.chunk_size],
+                    &[&limit],
                 )
                 .await?
                 .get(0);
-            if queued < self.config.chunk_size {
-                break;
+            if queued < limit {
+                return Ok(true);
             }
-            if stop.is_cancelled() {
-                return Ok(None);
+            tokio::select! {
+                _ = tokio::time::sleep(QUEUE_POLL) => {}
+                _ = stop.cancelled() => return Ok(false),
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(Some((done, read, last_key)))
     }
 
-    /// Emits a watermark into the change stream.
-    async fn emit(&self, client: &Client, payload: &str) -> Result<(), BackfillError> {
+    /// Emits watermarks into the change stream, in order, in one transaction.
+    async fn emit(&self, client: &Client, payloads: &[String]) -> Result<(), BackfillError> {
         if self.config.trigger {
             client
                 .execute(
                     "WITH w AS (INSERT INTO walhook.outbox (schema_name, table_name, op, new_row)
-                                VALUES ($1, $2, 'INSERT', $3::text::jsonb) RETURNING id)
-                     SELECT pg_notify('walhook_outbox', '') FROM w",
-                    &[&WATERMARK_TABLE.0, &WATERMARK_TABLE.1, &payload],
+                                SELECT $1, $2, 'INSERT', p::jsonb
+                                FROM unnest($3::text[]) WITH ORDINALITY u (p, n) ORDER BY n
+                                RETURNING id)
+                     SELECT pg_notify('walhook_outbox', '') FROM w LIMIT 1",
+                    &[&WATERMARK_TABLE.0, &WATERMARK_TABLE.1, &payloads],
                 )
                 .await?;
         } else {
             client
                 .execute(
-                    "SELECT pg_logical_emit_message(true, $1::text, $2::text)",
-                    &[&WATERMARK_PREFIX, &payload],
+                    "SELECT pg_logical_emit_message(true, $1::text, p)
+                     FROM unnest($2::text[]) WITH ORDINALITY u (p, n) ORDER BY n",
+                    &[&WATERMARK_PREFIX, &payloads],
                 )
                 .await?;
         }
         Ok(())
     }
+}
+
+/// Whether backfill `id` is still running.
+async fn running(client: &Client, id: uuid::Uuid) -> Result<bool, BackfillError> {
+    let state: Option<String> = client
+        .query_opt(
+            "SELECT state FROM walhook.backfill_jobs WHERE id = $1::text::uuid",
+            &[&id.to_string()],
+        )
+        .await?
+        .map(|r| r.get(0));
+    Ok(state.as_deref() == Some("running"))
+}
+
+/// The chunk reads of `table`: rows `(image text, NULL)`; with `snapshot`, also one row
+/// `(NULL, in-progress xids of the statement's snapshot)` — the same snapshot the rows
+/// were read in, since a statement reads under one snapshot.
+fn reads(table: &Table, snapshot: bool) -> Reads {
+    let qualified = format!("{}.{}", quote(&table.schema), quote(&table.name));
+    let order = table
+        .key
+        .iter()
+        .map(|k| format!("t.{}", quote(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let from_key = table
+        .key
+        .iter()
+        .map(|k| format!("r.{}", quote(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let xips = if snapshot {
+        "SELECT NULL::text, ARRAY(SELECT (x::text::int8 & 4294967295)
+                                  FROM pg_catalog.pg_snapshot_xip(pg_catalog.pg_current_snapshot()) x)
+         UNION ALL "
+    } else {
+        ""
+    };
+    let first = format!(
+        "{xips}(SELECT to_json(t)::text, NULL::int8[] FROM {qualified} t ORDER BY {order} LIMIT $1)"
+    );
+    let next = format!(
+        "{xips}(SELECT to_json(t)::text, NULL::int8[] FROM {qualified} t
+          WHERE ({order}) > (SELECT {from_key} FROM jsonb_populate_record(NULL::{qualified}, $2::text::jsonb) r)
+          ORDER BY {order} LIMIT $1)"
+    );
+    Reads { first, next }
 }
 
 /// Waits for the stage's answer: `None` when stopping; a timeout or a dropped chunk is an

@@ -94,6 +94,19 @@ async fn kill_9_and_resume(test: &str, mode: CaptureMode) {
     writer.finish().await;
     let backfilled = wait_mirror(&db, &receiver, &id, Duration::from_secs(300)).await;
     assert!(backfilled >= (ROWS as usize) * 9 / 10, "{backfilled}");
+    // Sent again after the kill: at most the chunks in flight (4 of 1,000 rows).
+    let delivered = receiver.delivered();
+    let ids: Vec<&str> = delivered
+        .iter()
+        .filter(|r| r.json["type"] == "items.backfilled")
+        .map(|r| r.headers["webhook-id"].as_str())
+        .collect();
+    let distinct: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    assert!(
+        ids.len() - distinct.len() <= 4 * 1_000,
+        "{} backfilled events sent again",
+        ids.len() - distinct.len()
+    );
     second.kill().unwrap();
     second.wait().unwrap();
 }

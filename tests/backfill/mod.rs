@@ -4,6 +4,7 @@
 
 mod api;
 mod consistency;
+mod pipeline;
 mod sql;
 
 use std::collections::{BTreeMap, HashMap};
