@@ -25,7 +25,7 @@
 //! takes them out of the stream. A consumer without the stage (a mode switch's drain) skips
 //! them as changes of an unwatched table. Progress is stored only once the frame carrying
 //! a chunk is acknowledged (its events delivered or durably queued), so after `kill -9` a
-//! backfill repeats at most its current chunk, with the same event ids.
+//! backfill repeats at most its chunks in flight (up to 4), with the same event ids.
 
 mod interleave;
 mod worker;
