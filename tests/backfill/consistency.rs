@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use walhook::config::CaptureMode;
 
-use super::{Writer, config_in, items, progress, start_backfill, wait_mirror, wait_state};
+use super::{
+    Writer, backfilled_ids, config_in, finish_mirrored, items, progress, start_backfill,
+    wait_mirror, wait_state,
+};
 use crate::support::daemon::{Daemon, spawn_walhook};
 
 async fn mirror_while_writing(test: &str, mode: CaptureMode) {
@@ -30,16 +33,9 @@ async fn mirror_while_writing(test: &str, mode: CaptureMode) {
         assert!(start.elapsed() < Duration::from_secs(60), "no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    wait_state(&db, &id, "done", Duration::from_secs(600)).await;
-    let ops = writer.finish().await;
+    let (ops, backfilled) =
+        finish_mirrored(&db, &receiver, &id, writer, Duration::from_secs(600)).await;
     assert!(ops > 100, "the writer ran throughout ({ops} changes)");
-    let backfilled = wait_mirror(&db, &receiver, &id, Duration::from_secs(300)).await;
-    let (state, sent, _) = progress(&db, &id).await;
-    assert_eq!(state, "done");
-    assert_eq!(
-        sent as usize, backfilled,
-        "rows_sent counts the events sent"
-    );
     assert!(
         backfilled > (ROWS as usize) * 9 / 10 && backfilled <= (ROWS as usize) + ops as usize,
         "{backfilled} rows backfilled"
@@ -95,17 +91,11 @@ async fn kill_9_and_resume(test: &str, mode: CaptureMode) {
     let backfilled = wait_mirror(&db, &receiver, &id, Duration::from_secs(300)).await;
     assert!(backfilled >= (ROWS as usize) * 9 / 10, "{backfilled}");
     // Sent again after the kill: at most the chunks in flight (4 of 1,000 rows).
-    let delivered = receiver.delivered();
-    let ids: Vec<&str> = delivered
-        .iter()
-        .filter(|r| r.json["type"] == "items.backfilled")
-        .map(|r| r.headers["webhook-id"].as_str())
-        .collect();
-    let distinct: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    let (all, distinct) = backfilled_ids(&receiver.delivered(), &id);
     assert!(
-        ids.len() - distinct.len() <= 4 * 1_000,
+        all - distinct <= 4 * 1_000,
         "{} backfilled events sent again",
-        ids.len() - distinct.len()
+        all - distinct
     );
     second.kill().unwrap();
     second.wait().unwrap();

@@ -7,7 +7,7 @@ mod consistency;
 mod pipeline;
 mod sql;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -216,6 +216,41 @@ fn mirror(received: &[Received], backfill: &str) -> (BTreeMap<i64, Value>, usize
         }
     }
     (rows, backfilled)
+}
+
+/// How many backfilled events of `backfill` arrived, and how many distinct ones (an
+/// attempt whose answer came later than the timeout is sent again: at least once).
+fn backfilled_ids(received: &[Received], backfill: &str) -> (usize, usize) {
+    let ids: Vec<&str> = received
+        .iter()
+        .filter(|r| r.json["source"]["backfill"] == backfill)
+        .map(|r| r.headers["webhook-id"].as_str())
+        .collect();
+    let distinct: HashSet<&str> = ids.iter().copied().collect();
+    (ids.len(), distinct.len())
+}
+
+/// The end of a backfill under a writer: waits until it is done, stops the writer, waits
+/// for the mirror, and checks that `rows_sent` counts the distinct events sent. The
+/// writer's changes and the distinct backfilled events.
+async fn finish_mirrored(
+    db: &TestDb,
+    receiver: &Receiver,
+    id: &str,
+    writer: Writer,
+    within: Duration,
+) -> (u64, usize) {
+    wait_state(db, id, "done", within).await;
+    let ops = writer.finish().await;
+    wait_mirror(db, receiver, id, within).await;
+    let (state, sent, _) = progress(db, id).await;
+    assert_eq!(state, "done");
+    let (all, distinct) = backfilled_ids(&receiver.delivered(), id);
+    assert_eq!(
+        sent as usize, distinct,
+        "rows_sent counts the distinct events sent ({all} arrived)"
+    );
+    (ops, distinct)
 }
 
 /// Waits until the mirror equals the table (the writer has stopped); returns how many
