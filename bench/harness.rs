@@ -17,7 +17,11 @@
 //! 3. write-path cost: pgbench TPS with walhook stopped vs running, in both capture modes;
 //! 4. memory: walhook's peak RSS per phase, and with the endpoint down (connection refused)
 //!    while 1,000,000 events queue in the table;
-//! 5. fan-out: throughput with 1 vs 10,000 non-matching subscriptions.
+//! 5. fan-out: throughput with 1 vs 10,000 non-matching subscriptions;
+//! 6. backfill: a 300,000-row table backfilled (one request per event, then
+//!    `batch_max = 100`) while pgbench writes 1,000 TPS: rows/s, and the live commit → 2xx
+//!    latency with and without a backfill (`BENCH_SKIP_BACKFILL=1`
+//!    skips it, `BENCH_ONLY_BACKFILL=1` runs only it).
 //!
 //! `BENCH_QUICK=1` shrinks every phase (a smoke run); `BENCH_DRAIN_ONLY=1` stops after
 //! phase 1 (the drain rows). `BENCH_PROFILE="<command…>"` runs the first (one request per
@@ -25,6 +29,9 @@
 //! --callgrind-out-file=/tmp/walhook.cg` — and stops after that drain.
 
 #![allow(clippy::unwrap_used)] // a measuring tool: fail loudly
+
+#[path = "harness/backfill.rs"]
+mod backfill;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -333,14 +340,15 @@ impl Bench {
         }
     }
 
-    /// One live-latency row: pgbench (full rate or `rate`), then waits for every delivery.
-    async fn live(&self, seconds: u64, rate: Option<u32>) -> Result<()> {
+    /// One live-latency row: pgbench (full rate or `rate`), then waits for every delivery;
+    /// the row's p99 in ms.
+    async fn live(&self, seconds: u64, rate: Option<u32>) -> Result<f64> {
         let label = rate.map_or("full".to_string(), |r| r.to_string());
         self.live_as(&label, seconds, rate).await
     }
 
     /// [`Self::live`] with the row labelled `label`.
-    async fn live_as(&self, label: &str, seconds: u64, rate: Option<u32>) -> Result<()> {
+    async fn live_as(&self, label: &str, seconds: u64, rate: Option<u32>) -> Result<f64> {
         self.reset();
         let (tps, done) = self.pgbench_at(seconds, 4, rate)?;
         let ended = Instant::now();
@@ -358,7 +366,7 @@ impl Bench {
             pct(&lat, 1.0),
             lag.as_secs_f64()
         );
-        Ok(())
+        Ok(pct(&lat, 0.99))
     }
 
     /// A backlog of the drain's shape: `big` rows in one transaction, then `singles`
@@ -552,9 +560,16 @@ async fn main() -> Result<()> {
     let seen = Arc::new(Seen::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hook = format!("http://{}/hook", listener.local_addr()?);
+    let fill = Arc::new(Seen::default());
+    let fill_hook = format!("http://{}/fill", listener.local_addr()?);
     let app = Router::new()
         .route("/hook", post(receive))
-        .with_state(seen.clone());
+        .with_state(seen.clone())
+        .merge(
+            Router::new()
+                .route("/fill", post(receive))
+                .with_state(fill.clone()),
+        );
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
@@ -587,6 +602,13 @@ async fn main() -> Result<()> {
         "# walhook benchmark ({} run), {cores} cores\n",
         if b.quick { "quick" } else { "full" }
     );
+    if std::env::var("BENCH_ONLY_BACKFILL").is_ok() {
+        let mut walhook = b.walhook();
+        b.wait_streaming().await?;
+        backfill::phase(&b, &fill, &fill_hook).await?;
+        stop(&mut walhook);
+        return Ok(());
+    }
 
     // 1. Backlog drain, next to pg_recvlogical on its own slot.
     let mut walhook = b.walhook();
@@ -939,6 +961,16 @@ async fn main() -> Result<()> {
         rates[1],
         (rates[1] / rates[0] - 1.0) * 100.0
     );
+    b.client
+        .batch_execute(
+            "DELETE FROM walhook.subscriptions WHERE target_url LIKE 'https://n%.example.com/'",
+        )
+        .await?;
+
+    // 6. Backfill while live traffic flows.
+    if std::env::var("BENCH_SKIP_BACKFILL").is_err() {
+        backfill::phase(&b, &fill, &fill_hook).await?;
+    }
     stop(&mut walhook);
     let _ = &b.hook;
     Ok(())

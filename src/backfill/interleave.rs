@@ -5,7 +5,8 @@
 //! ```text
 //!  capture ──▶ [ idle: one atomic load, forward ] ──▶ Delivery::run
 //!              [ busy: chunks (registered in order, at most one window open),
-//!                      recent commit xids (the visibility check) ]
+//!                      recent commit xids (the visibility check),
+//!                      rows past HIGH, released in slices ]
 //! ```
 //!
 //! Several chunks may be registered at once (the [`super::Worker`] pipelines them), in the
@@ -13,9 +14,11 @@
 //! worker emits a chunk's LOW only after (or in the same transaction as) the previous
 //! chunk's HIGH. Between a chunk's LOW and HIGH the stage records the row keys of its table
 //! that live changes touch (both the new and the old key of an UPDATE; a TRUNCATE drops the
-//! whole chunk). The surviving rows go out as [`Origin::Backfill`] changes inside HIGH's
-//! own transaction frame, so the dispatcher's watermark acknowledges HIGH's end LSN only
-//! once they are delivered or queued; that end LSN is handed back to the worker.
+//! whole chunk). The surviving rows go out as [`Origin::Backfill`] changes, paced (see
+//! [`run`]): [`SLICE`] at a time in frames of their own while delivery has taken every
+//! live message, and a kept row ahead of a live change of the same row. The end LSN of the
+//! frame that carried a chunk's last row is handed back to the worker: once it is
+//! acknowledged, every row of the chunk is delivered or queued.
 //!
 //! Idle path: while no chunk is registered, a live message costs one atomic load (no lock)
 //! besides the channel hop; only a watermark (of a killed run, dropped) is looked at.
@@ -37,7 +40,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::change::{
-    BackfillOrigin, Begin, CaptureMessage, Op, Origin, Position, Row, RowChange, Table,
+    BackfillOrigin, Begin, CaptureMessage, Commit, Op, Origin, Position, Row, RowChange, Table,
 };
 use crate::lsn::Lsn;
 
@@ -240,71 +243,241 @@ pub(super) fn row_key(key: &[String], row: &Row) -> String {
 }
 
 /// Starts the stage on `changes`; returns the stream for `Delivery::run` and the handle the
-/// worker uses. The output channel has the same capacity as the input.
+/// worker uses. The output channel has the same capacity as the input, and at least room
+/// for one released slice's frame.
 pub fn interleave(
     changes: mpsc::Receiver<CaptureMessage>,
     capacity: usize,
 ) -> (mpsc::Receiver<CaptureMessage>, Interleave) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let (tx, rx) = mpsc::channel(capacity.max(SLICE + 2));
     let handle = Interleave::default();
     tokio::spawn(run(changes, tx, handle.clone()));
     (rx, handle)
 }
 
+/// Rows of a chunk past its HIGH watermark still to be emitted (see [`run`]).
+struct Pending {
+    /// The rows in key order, each with its row key.
+    rows: VecDeque<(String, RowChange)>,
+    /// Told when the last row went out, with the end of the frame that carried it.
+    done: oneshot::Sender<HighDone>,
+    /// Rows the chunk emits in all.
+    sent: u64,
+}
+
+/// What the stage holds between messages: the frame it is in and the chunks whose rows
+/// are not all out yet.
+#[derive(Default)]
+struct Stage {
+    /// The open transaction frame's Begin (`None` between frames).
+    begin: Option<Begin>,
+    /// End LSN of the last frame passed on (a released slice's frame ends there too).
+    last_end: Lsn,
+    /// Chunks past HIGH with rows left, oldest first.
+    pending: VecDeque<Pending>,
+    /// Chunks whose last row went out in the open frame: told at its Commit.
+    finished: Vec<(oneshot::Sender<HighDone>, u64)>,
+}
+
+impl Stage {
+    /// Takes out of the pending chunks every row whose key `change` (a live change of the
+    /// same table) touches, so that it goes out before the change; a TRUNCATE takes all
+    /// of that table's rows.
+    fn due_before(&mut self, change: &RowChange) -> Vec<RowChange> {
+        let mut due = Vec::new();
+        for chunk in &mut self.pending {
+            let Some((_, first)) = chunk.rows.front() else {
+                continue;
+            };
+            if first.table.schema != change.table.schema || first.table.name != change.table.name {
+                continue;
+            }
+            if change.op == Op::Truncate {
+                due.extend(chunk.rows.drain(..).map(|(_, row)| row));
+                continue;
+            }
+            let table = first.table.clone();
+            for image in [&change.new, &change.old].into_iter().flatten() {
+                let key = row_key(&table.key, image);
+                if let Some(at) = chunk.rows.iter().position(|(k, _)| *k == key)
+                    && let Some((_, row)) = chunk.rows.remove(at)
+                {
+                    due.push(row);
+                }
+            }
+        }
+        self.settle_emptied();
+        due
+    }
+
+    /// Up to `n` pending rows, oldest chunk first.
+    fn slice(&mut self, n: usize) -> Vec<RowChange> {
+        let mut out = Vec::with_capacity(n);
+        for chunk in &mut self.pending {
+            let take = (n - out.len()).min(chunk.rows.len());
+            out.extend(chunk.rows.drain(..take).map(|(_, row)| row));
+            if out.len() == n {
+                break;
+            }
+        }
+        self.settle_emptied();
+        out
+    }
+
+    /// Moves chunks with no rows left to `finished` (told at the open frame's Commit).
+    fn settle_emptied(&mut self) {
+        while let Some(at) = self.pending.iter().position(|c| c.rows.is_empty()) {
+            if let Some(chunk) = self.pending.remove(at) {
+                self.finished.push((chunk.done, chunk.sent));
+            }
+        }
+    }
+}
+
+/// Rows released per frame of their own while the stream is idle.
+const SLICE: usize = 64;
+
+/// The stage's loop. A chunk's surviving rows are not put into the stream at once at its
+/// HIGH watermark (a chunk is a burst of up to `chunk_size` events that later live changes
+/// would wait behind): they are kept and released [`SLICE`] at a time, in frames of their
+/// own, only while the output channel is empty, i.e. after every live message the stage
+/// passed on was taken by delivery. A live change of a row still kept takes that row out
+/// first, in its own frame, so a row's backfill image always goes out before the row's
+/// newer live events. A chunk is reported done at the Commit of the frame that carried
+/// its last row, with that frame's end: acknowledging it covers every row of the chunk.
 async fn run(
     mut input: mpsc::Receiver<CaptureMessage>,
     output: mpsc::Sender<CaptureMessage>,
     handle: Interleave,
 ) {
-    let mut begin: Option<Begin> = None;
-    let mut high: Vec<(oneshot::Sender<HighDone>, u64)> = Vec::new();
+    let mut stage = Stage::default();
     let mut batch = Vec::with_capacity(BATCH);
-    while input.recv_many(&mut batch, BATCH).await > 0 {
-        for message in batch.drain(..) {
-            let busy = handle.shared.busy.load(Ordering::Acquire);
-            match &message {
-                CaptureMessage::Begin(b) => begin = Some(b.clone()),
-                CaptureMessage::Change(change) => {
-                    if let Some(mark) = change.watermark() {
-                        // Rare: always under the lock (a watermark of a killed run or of a
-                        // chunk given up finds no chunk and is dropped).
-                        let Some(emitted) = watermark(&handle, mark, begin.as_ref(), change) else {
-                            continue;
-                        };
-                        if let Some((rows, done)) = emitted {
-                            let sent = rows.len() as u64;
-                            for row in rows {
-                                if output.send(CaptureMessage::Change(row)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            high.push((done, sent));
-                        }
-                        continue;
-                    }
-                    if busy {
-                        record(&handle, change);
-                    }
-                }
-                CaptureMessage::Commit(commit) => {
-                    let end_lsn = commit.end_lsn;
-                    if busy || !high.is_empty() {
-                        handle.lock().remember_commit(commit.xid);
-                    }
-                    if output.send(message).await.is_err() {
+    loop {
+        let received = if stage.pending.is_empty() || stage.begin.is_some() {
+            input.recv_many(&mut batch, BATCH).await
+        } else {
+            tokio::select! {
+                biased;
+                n = input.recv_many(&mut batch, BATCH) => n,
+                permits = output.reserve_many(output.max_capacity()) => {
+                    let Ok(permits) = permits else { return };
+                    let rows = stage.slice(SLICE);
+                    if release(&mut stage, rows, permits).is_err() {
                         return;
-                    }
-                    for (done, sent) in high.drain(..) {
-                        let _ = done.send(HighDone { end_lsn, sent });
                     }
                     continue;
                 }
             }
-            if output.send(message).await.is_err() {
+        };
+        if received == 0 {
+            return;
+        }
+        for message in batch.drain(..) {
+            if forward(&handle, &output, &mut stage, message).await.is_err() {
                 return;
             }
         }
     }
+}
+
+/// Sends `rows` in a frame of their own (the last frame's end, which is acknowledged
+/// again), with the output channel's room already reserved.
+fn release(
+    stage: &mut Stage,
+    rows: Vec<RowChange>,
+    mut permits: mpsc::PermitIterator<'_, CaptureMessage>,
+) -> Result<(), ()> {
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    let (xid, commit_time) = (first.xid, first.commit_time);
+    let changes = rows.len() as u32;
+    let frame = std::iter::once(CaptureMessage::Begin(Begin {
+        xid,
+        commit_lsn: stage.last_end,
+        commit_time,
+    }))
+    .chain(rows.into_iter().map(CaptureMessage::Change))
+    .chain(std::iter::once(CaptureMessage::Commit(Commit {
+        xid,
+        commit_lsn: stage.last_end,
+        end_lsn: stage.last_end,
+        commit_time,
+        changes,
+    })));
+    for message in frame {
+        permits.next().ok_or(())?.send(message);
+    }
+    for (done, sent) in stage.finished.drain(..) {
+        let _ = done.send(HighDone {
+            end_lsn: stage.last_end,
+            sent,
+        });
+    }
+    Ok(())
+}
+
+/// Passes one message of the stream on, handling watermarks and kept rows.
+async fn forward(
+    handle: &Interleave,
+    output: &mpsc::Sender<CaptureMessage>,
+    stage: &mut Stage,
+    message: CaptureMessage,
+) -> Result<(), ()> {
+    let send = |m| output.send(m);
+    match &message {
+        CaptureMessage::Begin(b) => stage.begin = Some(b.clone()),
+        CaptureMessage::Change(change) => {
+            if let Some(mark) = change.watermark() {
+                // Rare: always under the lock (a watermark of a killed run or of a chunk
+                // given up finds no chunk and is dropped).
+                if let Some(Some((rows, done))) =
+                    watermark(handle, mark, stage.begin.as_ref(), change)
+                {
+                    let sent = rows.len() as u64;
+                    if sent == 0 {
+                        stage.finished.push((done, 0));
+                    } else {
+                        let key = &rows[0].table.key.clone();
+                        stage.pending.push_back(Pending {
+                            rows: rows
+                                .into_iter()
+                                .map(|row| {
+                                    let k = row.new.as_ref().map(|r| row_key(key, r));
+                                    (k.unwrap_or_default(), row)
+                                })
+                                .collect(),
+                            done,
+                            sent,
+                        });
+                    }
+                }
+                return Ok(());
+            }
+            if handle.shared.busy.load(Ordering::Acquire) {
+                record(handle, change);
+            }
+            if !stage.pending.is_empty() {
+                for row in stage.due_before(change) {
+                    send(CaptureMessage::Change(row)).await.map_err(|_| ())?;
+                }
+            }
+        }
+        CaptureMessage::Commit(commit) => {
+            let end_lsn = commit.end_lsn;
+            if handle.shared.busy.load(Ordering::Acquire) || !stage.pending.is_empty() {
+                handle.lock().remember_commit(commit.xid);
+            }
+            send(message).await.map_err(|_| ())?;
+            stage.begin = None;
+            stage.last_end = end_lsn;
+            for (done, sent) in stage.finished.drain(..) {
+                let _ = done.send(HighDone { end_lsn, sent });
+            }
+            return Ok(());
+        }
+    }
+    send(message).await.map_err(|_| ())
 }
 
 /// Records a live change of the open chunk's table.
