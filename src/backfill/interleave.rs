@@ -564,3 +564,149 @@ fn watermark(
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::CommitTime;
+
+    fn table() -> Arc<Table> {
+        Arc::new(Table {
+            id: 1,
+            schema: "public".into(),
+            name: "items".into(),
+            columns: vec!["id".into()],
+            key: vec!["id".into()],
+        })
+    }
+
+    fn row(id: i64) -> Row {
+        let mut row = Row::new();
+        row.insert("id".into(), Value::from(id));
+        row
+    }
+
+    fn change(table: Arc<Table>, new: Row, lsn: u64) -> RowChange {
+        RowChange {
+            position: Position {
+                commit_lsn: Lsn(lsn),
+                index: 0,
+            },
+            xid: lsn as u32,
+            commit_time: CommitTime(0),
+            table,
+            op: Op::Update,
+            new: Some(new),
+            old: None,
+            unchanged_toast: Vec::new(),
+            origin: Origin::Replication,
+        }
+    }
+
+    /// One transaction frame holding `changes`, ending at `lsn`.
+    fn frame(changes: Vec<RowChange>, lsn: u64) -> Vec<CaptureMessage> {
+        let begin = Begin {
+            xid: lsn as u32,
+            commit_lsn: Lsn(lsn),
+            commit_time: CommitTime(0),
+        };
+        let commit = Commit {
+            xid: lsn as u32,
+            commit_lsn: Lsn(lsn),
+            end_lsn: Lsn(lsn),
+            commit_time: CommitTime(0),
+            changes: changes.len() as u32,
+        };
+        std::iter::once(CaptureMessage::Begin(begin))
+            .chain(changes.into_iter().map(CaptureMessage::Change))
+            .chain(std::iter::once(CaptureMessage::Commit(commit)))
+            .collect()
+    }
+
+    fn mark(origin: &BackfillOrigin, nonce: &str, which: &str) -> RowChange {
+        let text = payload(origin.id, nonce, which);
+        let Ok(Value::Object(image)) = serde_json::from_str::<Value>(&text) else {
+            panic!("payload {text}");
+        };
+        change(Arc::new(Table::watermark()), image, 0)
+    }
+
+    /// What a message is, as `B`, `C@lsn`, `live:id` or `fill:id`.
+    fn describe(message: &CaptureMessage) -> String {
+        match message {
+            CaptureMessage::Begin(_) => "B".into(),
+            CaptureMessage::Commit(c) => format!("C@{}", c.end_lsn.0),
+            CaptureMessage::Change(c) => {
+                let kind = match c.origin {
+                    Origin::Backfill(_) => "fill",
+                    _ => "live",
+                };
+                format!("{kind}:{}", c.new.as_ref().map_or(Value::Null, |r| r["id"].clone()))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn kept_rows_go_out_before_a_live_change_of_them_and_in_slices_when_idle() {
+        let (input, rx) = mpsc::channel(1_000);
+        let (mut out, handle) = interleave(rx, 1_000);
+        let origin = Arc::new(BackfillOrigin {
+            id: uuid::Uuid::nil(),
+            subscription: None,
+            trigger: false,
+        });
+        let (low_tx, low_rx) = oneshot::channel();
+        let (high_tx, high_rx) = oneshot::channel();
+        handle.lock().push(Chunk::new(
+            "run:1".into(),
+            origin.clone(),
+            table(),
+            low_tx,
+            high_tx,
+        ));
+        for m in frame(vec![mark(&origin, "run:1", "low")], 10) {
+            input.send(m).await.unwrap();
+        }
+        low_rx.await.unwrap();
+        // The chunk read 1..=100; row 3 changes inside the window (dropped from the chunk).
+        handle.lock().get_mut("run:1").unwrap().rows = Some((1..=100).map(row).collect());
+        let mut messages = frame(vec![change(table(), row(3), 20)], 20);
+        messages.extend(frame(vec![mark(&origin, "run:1", "high")], 30));
+        // Delivery has not taken anything yet: rows are kept, except row 50, which a live
+        // change touches and which goes out just before it.
+        messages.extend(frame(vec![change(table(), row(50), 40)], 40));
+        for m in messages {
+            input.send(m).await.unwrap();
+        }
+        let mut seen = Vec::new();
+        while seen.len() < 11 {
+            seen.push(describe(&out.recv().await.unwrap()));
+        }
+        assert_eq!(
+            seen,
+            ["B", "C@10", "B", "live:3", "C@20", "B", "C@30", "B", "fill:50", "live:50", "C@40"]
+        );
+        // Idle now: the other 98 rows come out in slices of their own frames, in key order.
+        let mut fill = Vec::new();
+        let mut frames = Vec::new();
+        while fill.len() < 98 {
+            let m = describe(&out.recv().await.unwrap());
+            match m.strip_prefix("fill:") {
+                Some(id) => fill.push(id.parse::<i64>().unwrap()),
+                None => frames.push(m),
+            }
+        }
+        let expected: Vec<i64> = (1..=100).filter(|i| *i != 3 && *i != 50).collect();
+        assert_eq!(fill, expected);
+        assert_eq!(frames, ["B", "C@40", "B"]);
+        assert_eq!(describe(&out.recv().await.unwrap()), "C@40");
+        // Done once its last row went out, at that frame's end.
+        assert_eq!(
+            high_rx.await.unwrap(),
+            HighDone {
+                end_lsn: Lsn(40),
+                sent: 99
+            }
+        );
+    }
+}
