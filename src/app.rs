@@ -232,7 +232,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     );
     let ack = capture.ack.clone();
     // Backfills: the stage interleaves their chunks with the stream; the worker reads them.
-    let (changes, stage) = backfill::interleave(capture.changes, config.capture.channel_capacity);
+    let (changes, stage) = backfill::interleave(
+        capture.changes,
+        config.capture.channel_capacity,
+        delivery.load(),
+    );
     let backfill_worker = tokio::spawn(
         backfill::Worker::new(
             backfill::WorkerConfig {

@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::change::{
     BackfillOrigin, Begin, CaptureMessage, Commit, Op, Origin, Position, Row, RowChange, Table,
 };
+use crate::delivery::Load;
 use crate::lsn::Lsn;
 
 /// How many recent commit xids the stage remembers while a backfill runs (for the
@@ -242,16 +243,17 @@ pub(super) fn row_key(key: &[String], row: &Row) -> String {
     serde_json::to_string(&values).unwrap_or_default()
 }
 
-/// Starts the stage on `changes`; returns the stream for `Delivery::run` and the handle the
+/// Starts the stage on `changes`, pacing released rows by delivery's `load`; returns the stream for `Delivery::run` and the handle the
 /// worker uses. The output channel has the same capacity as the input, and at least room
 /// for one released slice's frame.
 pub fn interleave(
     changes: mpsc::Receiver<CaptureMessage>,
     capacity: usize,
+    load: Arc<Load>,
 ) -> (mpsc::Receiver<CaptureMessage>, Interleave) {
     let (tx, rx) = mpsc::channel(capacity.max(SLICE + 2));
     let handle = Interleave::default();
-    tokio::spawn(run(changes, tx, handle.clone()));
+    tokio::spawn(run(changes, tx, handle.clone(), load));
     (rx, handle)
 }
 
@@ -340,8 +342,9 @@ const SLICE: usize = 64;
 /// The stage's loop. A chunk's surviving rows are not put into the stream at once at its
 /// HIGH watermark (a chunk is a burst of up to `chunk_size` events that later live changes
 /// would wait behind): they are kept and released [`SLICE`] at a time, in frames of their
-/// own, only while the output channel is empty, i.e. after every live message the stage
-/// passed on was taken by delivery. A live change of a row still kept takes that row out
+/// own, only while the output channel is empty (delivery has taken every live message the
+/// stage passed on) and delivery holds at most [`Load::EASED`] jobs in memory (backfilled
+/// events never fill its budget ahead of live ones). A live change of a row still kept takes that row out
 /// first, in its own frame, so a row's backfill image always goes out before the row's
 /// newer live events. A chunk is reported done at the Commit of the frame that carried
 /// its last row, with that frame's end: acknowledging it covers every row of the chunk.
@@ -349,6 +352,7 @@ async fn run(
     mut input: mpsc::Receiver<CaptureMessage>,
     output: mpsc::Sender<CaptureMessage>,
     handle: Interleave,
+    load: Arc<Load>,
 ) {
     let mut stage = Stage::default();
     let mut batch = Vec::with_capacity(BATCH);
@@ -359,7 +363,10 @@ async fn run(
             tokio::select! {
                 biased;
                 n = input.recv_many(&mut batch, BATCH) => n,
-                permits = output.reserve_many(output.max_capacity()) => {
+                permits = async {
+                    load.eased().await;
+                    output.reserve_many(output.max_capacity()).await
+                } => {
                     let Ok(permits) = permits else { return };
                     let rows = stage.slice(SLICE);
                     if release(&mut stage, rows, permits).is_err() {
@@ -373,7 +380,10 @@ async fn run(
             return;
         }
         for message in batch.drain(..) {
-            if forward(&handle, &output, &mut stage, message).await.is_err() {
+            if forward(&handle, &output, &mut stage, message)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -641,7 +651,10 @@ mod tests {
                     Origin::Backfill(_) => "fill",
                     _ => "live",
                 };
-                format!("{kind}:{}", c.new.as_ref().map_or(Value::Null, |r| r["id"].clone()))
+                format!(
+                    "{kind}:{}",
+                    c.new.as_ref().map_or(Value::Null, |r| r["id"].clone())
+                )
             }
         }
     }
@@ -649,7 +662,7 @@ mod tests {
     #[tokio::test]
     async fn kept_rows_go_out_before_a_live_change_of_them_and_in_slices_when_idle() {
         let (input, rx) = mpsc::channel(1_000);
-        let (mut out, handle) = interleave(rx, 1_000);
+        let (mut out, handle) = interleave(rx, 1_000, Arc::default());
         let origin = Arc::new(BackfillOrigin {
             id: uuid::Uuid::nil(),
             subscription: None,
@@ -684,7 +697,9 @@ mod tests {
         }
         assert_eq!(
             seen,
-            ["B", "C@10", "B", "live:3", "C@20", "B", "C@30", "B", "fill:50", "live:50", "C@40"]
+            [
+                "B", "C@10", "B", "live:3", "C@20", "B", "C@30", "B", "fill:50", "live:50", "C@40"
+            ]
         );
         // Idle now: the other 98 rows come out in slices of their own frames, in key order.
         let mut fill = Vec::new();

@@ -74,6 +74,7 @@ impl Delivery {
                 biased;
                 Some((id, sub)) = done_rx.recv() => {
                     outstanding -= 1;
+                    self.load.set(outstanding);
                     sub.in_memory.fetch_sub(1, Ordering::AcqRel);
                     watermark.done(id);
                 }
@@ -93,6 +94,7 @@ impl Delivery {
                             let Some(tx) = watermark.add_job() else { break };
                             let (job, next) = self.chain(route.clone(), event.clone(), outstanding);
                             outstanding += 1;
+                            self.load.set(outstanding);
                             let done = Done::new(next, tx, job.sub.clone(), done_tx.clone());
                             tokio::spawn(self.clone().run_job(job, done));
                         }

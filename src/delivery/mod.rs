@@ -152,6 +152,48 @@ pub struct Delivery {
     routing: LiveRouting,
     /// Events routed and deliveries made, for the heartbeat's rates.
     rates: Arc<Rates>,
+    /// Jobs in memory, for producers that yield to live events (backfills).
+    load: Arc<Load>,
+}
+
+/// How many jobs delivery holds in memory, kept by the dispatcher, so that a producer of
+/// bulk events (a backfill's released rows) can wait until delivery is nearly idle rather
+/// than fill its budget ahead of live events.
+#[derive(Default)]
+pub struct Load {
+    outstanding: AtomicUsize,
+    eased: tokio::sync::Notify,
+}
+
+impl Load {
+    /// At or below this many jobs in memory delivery counts as eased.
+    pub const EASED: usize = 64;
+
+    /// Jobs in memory now.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Acquire)
+    }
+
+    /// Waits until at most [`Self::EASED`] jobs are in memory.
+    pub async fn eased(&self) {
+        loop {
+            let notified = self.eased.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.outstanding() <= Self::EASED {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The dispatcher's count changed to `n`.
+    fn set(&self, n: usize) {
+        let before = self.outstanding.swap(n, Ordering::AcqRel);
+        if n <= Self::EASED && before > Self::EASED {
+            self.eased.notify_waiters();
+        }
+    }
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -181,6 +223,7 @@ impl Delivery {
             held_in_flight: AtomicUsize::new(0),
             routing,
             rates: Arc::default(),
+            load: Arc::default(),
         });
         for (sub, key) in pending {
             let state = delivery.sub(sub);
@@ -202,6 +245,11 @@ impl Delivery {
     /// The counters of events routed and successful deliveries (for `walhook status`).
     pub fn rates(&self) -> Arc<Rates> {
         self.rates.clone()
+    }
+
+    /// How many jobs it holds in memory (for the backfill stage's pacing).
+    pub fn load(&self) -> Arc<Load> {
+        self.load.clone()
     }
 
     fn sub(&self, id: Uuid) -> Arc<SubState> {
