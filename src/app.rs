@@ -242,6 +242,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
             backfill::WorkerConfig {
                 database: database.clone(),
                 chunk_size: config.backfill_chunk_size()?,
+                max_rows_per_second: config.backfill.max_rows_per_second,
                 trigger: config.capture.mode == CaptureMode::Trigger,
             },
             capture.ack.clone(),

@@ -56,6 +56,9 @@ pub struct Config {
 pub struct BackfillSection {
     /// Rows read per chunk (one short query between two watermarks), 1 to 100000.
     pub chunk_size: i64,
+    /// Most rows a backfill reads per second (0: no limit), so that a backfill leaves room
+    /// to the database, the endpoints and live events.
+    pub max_rows_per_second: u64,
 }
 
 impl Config {
@@ -709,6 +712,13 @@ mod tests {
             jail.set_env("WALHOOK_CAPTURE__SLOT", "Bad-Slot");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("capture.slot \"Bad-Slot\""), "{err}");
+            jail.set_env("WALHOOK_CAPTURE__SLOT", "good_slot");
+            jail.set_env("WALHOOK_BACKFILL__MAX_ROWS_PER_SECOND", "-5");
+            let err = Config::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(err.contains("backfill.max_rows_per_second"), "{err}");
+            jail.set_env("WALHOOK_BACKFILL__MAX_ROWS_PER_SECOND", "0");
+            let (config, _) = Config::load(None).expect("0: no limit");
+            assert_eq!(config.backfill.max_rows_per_second, 0);
             Ok(())
         });
     }

@@ -13,6 +13,8 @@
 //! and its id is derived from the backfill and the row key, so a chunk read again after a
 //! crash repeats the same ids.
 
+use std::fmt::Write as _;
+
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
@@ -136,7 +138,11 @@ impl Event {
         let id = if backfill.is_some() {
             String::new() // set below, from the row key
         } else if replication {
-            format!("evt_{}", change.position).replace('-', "_")
+            // `evt_` + the position with `_` for its `-` (one allocation).
+            format!(
+                "evt_{:016X}_{}",
+                change.position.commit_lsn.0, change.position.index
+            )
         } else {
             format!("evt_t{:016X}", change.position.commit_lsn.0)
         };
@@ -252,7 +258,8 @@ fn backfill_event_id(backfill: uuid::Uuid, row_key: &str) -> String {
     let mut id = String::with_capacity(37);
     id.push_str("evt_b");
     for byte in &digest[..16] {
-        id.push_str(&format!("{byte:02x}"));
+        // Writing into a String cannot fail.
+        let _ = write!(id, "{byte:02x}");
     }
     id
 }

@@ -18,7 +18,7 @@ const LIVE_TPS: u32 = 1_000;
 /// Runs the phase: `fill` is the receiver state behind `fill_hook`.
 pub(super) async fn phase(b: &Bench, fill: &Arc<Seen>, fill_hook: &str) -> Result<()> {
     let rows: u64 = if b.quick { 50_000 } else { 300_000 };
-    let seconds = if b.quick { 2 } else { 5 };
+    let seconds = if b.quick { 2 } else { 10 };
     b.client
         .batch_execute(&format!(
             "CREATE TABLE bench_fill (id int PRIMARY KEY, v int NOT NULL, note text NOT NULL);

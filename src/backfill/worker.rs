@@ -70,6 +70,8 @@ pub struct WorkerConfig {
     pub database: Database,
     /// Rows per chunk (`backfill.chunk_size`).
     pub chunk_size: i64,
+    /// Most rows read per second (`backfill.max_rows_per_second`; 0: no limit).
+    pub max_rows_per_second: u64,
     /// Whether capture is trigger capture (watermarks are outbox rows) or replication
     /// (logical messages).
     pub trigger: bool,
@@ -271,6 +273,7 @@ impl Worker {
         // with the next chunk's LOW, in one transaction.
         let mut pending_high: Option<String> = None;
         let mut reading = true;
+        let mut pace = Pace::new(self.config.max_rows_per_second);
         loop {
             if !self.settle(client, id, &mut in_flight).await? {
                 return Ok(());
@@ -304,7 +307,7 @@ impl Worker {
                 }
                 continue;
             }
-            if !self.queue_has_room(client, stop).await? {
+            if !self.queue_has_room(client, stop).await? || !pace.wait(stop).await {
                 return Ok(());
             }
             self.chunks += 1;
@@ -352,6 +355,7 @@ impl Worker {
                 continue; // read again behind a new LOW
             }
             let read = rows.len() as i64;
+            pace.read(rows.len() as u64);
             let (chosen, last_key) = self.choose(&rows, &table, &filter);
             match self.stage.lock().get_mut(&nonce) {
                 Some(chunk) => chunk.rows = Some(chosen),
@@ -553,6 +557,41 @@ impl Worker {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// The `backfill.max_rows_per_second` limit of one run: the next chunk is read no sooner
+/// than the rows read so far allow.
+struct Pace {
+    per_second: u64,
+    started: tokio::time::Instant,
+    rows: u64,
+}
+
+impl Pace {
+    fn new(per_second: u64) -> Pace {
+        Pace {
+            per_second,
+            started: tokio::time::Instant::now(),
+            rows: 0,
+        }
+    }
+
+    /// `rows` more were read.
+    fn read(&mut self, rows: u64) {
+        self.rows += rows;
+    }
+
+    /// Waits until the next read keeps within the limit; `false` when stopping.
+    async fn wait(&self, stop: &CancellationToken) -> bool {
+        if self.per_second == 0 {
+            return true;
+        }
+        let due = self.started + Duration::from_secs_f64(self.rows as f64 / self.per_second as f64);
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => true,
+            _ = stop.cancelled() => false,
+        }
     }
 }
 
