@@ -243,9 +243,9 @@ pub(super) fn row_key(key: &[String], row: &Row) -> String {
     serde_json::to_string(&values).unwrap_or_default()
 }
 
-/// Starts the stage on `changes`, pacing released rows by delivery's `load`; returns the stream for `Delivery::run` and the handle the
-/// worker uses. The output channel has the same capacity as the input, and at least room
-/// for one released slice's frame.
+/// Starts the stage on `changes`, pacing released rows by delivery's `load`; returns the
+/// stream for `Delivery::run` and the handle the worker uses. The output channel has the
+/// same capacity as the input, and at least room for one released slice's frame.
 pub fn interleave(
     changes: mpsc::Receiver<CaptureMessage>,
     capacity: usize,
@@ -261,6 +261,8 @@ pub fn interleave(
 struct Pending {
     /// The rows in key order, each with its row key.
     rows: VecDeque<(String, RowChange)>,
+    /// The row keys of `rows`, so that a live change is checked without a scan.
+    keys: HashSet<String>,
     /// Told when the last row went out, with the end of the frame that carried it.
     done: oneshot::Sender<HighDone>,
     /// Rows the chunk emits in all.
@@ -287,6 +289,8 @@ impl Stage {
     /// of that table's rows.
     fn due_before(&mut self, change: &RowChange) -> Vec<RowChange> {
         let mut due = Vec::new();
+        // The change's row keys (new and old image), rendered once for all chunks.
+        let mut keys: Option<Vec<String>> = None;
         for chunk in &mut self.pending {
             let Some((_, first)) = chunk.rows.front() else {
                 continue;
@@ -295,13 +299,21 @@ impl Stage {
                 continue;
             }
             if change.op == Op::Truncate {
+                chunk.keys.clear();
                 due.extend(chunk.rows.drain(..).map(|(_, row)| row));
                 continue;
             }
-            let table = first.table.clone();
-            for image in [&change.new, &change.old].into_iter().flatten() {
-                let key = row_key(&table.key, image);
-                if let Some(at) = chunk.rows.iter().position(|(k, _)| *k == key)
+            let table_key = &first.table.key;
+            let keys = keys.get_or_insert_with(|| {
+                [&change.new, &change.old]
+                    .into_iter()
+                    .flatten()
+                    .map(|image| row_key(table_key, image))
+                    .collect()
+            });
+            for key in keys.iter() {
+                if chunk.keys.remove(key)
+                    && let Some(at) = chunk.rows.iter().position(|(k, _)| k == key)
                     && let Some((_, row)) = chunk.rows.remove(at)
                 {
                     due.push(row);
@@ -317,7 +329,10 @@ impl Stage {
         let mut out = Vec::with_capacity(n);
         for chunk in &mut self.pending {
             let take = (n - out.len()).min(chunk.rows.len());
-            out.extend(chunk.rows.drain(..take).map(|(_, row)| row));
+            for (key, row) in chunk.rows.drain(..take) {
+                chunk.keys.remove(&key);
+                out.push(row);
+            }
             if out.len() == n {
                 break;
             }
@@ -344,9 +359,9 @@ const SLICE: usize = 64;
 /// would wait behind): they are kept and released [`SLICE`] at a time, in frames of their
 /// own, only while the output channel is empty (delivery has taken every live message the
 /// stage passed on) and delivery holds at most [`Load::EASED`] jobs in memory (backfilled
-/// events never fill its budget ahead of live ones). A live change of a row still kept takes that row out
-/// first, in its own frame, so a row's backfill image always goes out before the row's
-/// newer live events. A chunk is reported done at the Commit of the frame that carried
+/// events never fill its budget ahead of live ones). A live change of a row still kept
+/// takes that row out first, just before the change in the change's own frame, so a row's
+/// backfill image always goes out before the row's newer live events. A chunk is reported done at the Commit of the frame that carried
 /// its last row, with that frame's end: acknowledging it covers every row of the chunk.
 async fn run(
     mut input: mpsc::Receiver<CaptureMessage>,
@@ -448,15 +463,9 @@ async fn forward(
                     if sent == 0 {
                         stage.finished.push((done, 0));
                     } else {
-                        let key = &rows[0].table.key.clone();
                         stage.pending.push_back(Pending {
-                            rows: rows
-                                .into_iter()
-                                .map(|row| {
-                                    let k = row.new.as_ref().map(|r| row_key(key, r));
-                                    (k.unwrap_or_default(), row)
-                                })
-                                .collect(),
+                            keys: rows.iter().map(|(key, _)| key.clone()).collect(),
+                            rows: rows.into(),
                             done,
                             sent,
                         });
@@ -508,9 +517,9 @@ fn record(handle: &Interleave, change: &RowChange) {
     }
 }
 
-/// The surviving rows of a chunk (as changes positioned in HIGH's frame) and the sender
-/// to report the frame's end on.
-type Emitted = (Vec<RowChange>, oneshot::Sender<HighDone>);
+/// The surviving rows of a chunk (as changes positioned in HIGH's frame), each with its row
+/// key, and the sender to report the frame's end on.
+type Emitted = (Vec<(String, RowChange)>, oneshot::Sender<HighDone>);
 
 /// Handles a watermark: LOW opens the window (`Some(None)`); HIGH closes it and returns
 /// the surviving rows (`Some(Some(..))`). `None`: not a watermark of a registered chunk.
@@ -552,21 +561,25 @@ fn watermark(
             let rows = if chunk.truncated { Vec::new() } else { rows };
             let changes = rows
                 .into_iter()
-                .filter(|row| !chunk.changed.contains(&row_key(&chunk.table.key, row)))
+                .map(|row| (row_key(&chunk.table.key, &row), row))
+                .filter(|(key, _)| !chunk.changed.contains(key))
                 .enumerate()
-                .map(|(i, row)| RowChange {
-                    position: Position {
-                        commit_lsn,
-                        index: change.position.index + 1 + i as u32,
-                    },
-                    xid,
-                    commit_time,
-                    table: chunk.table.clone(),
-                    op: Op::Insert,
-                    new: Some(row),
-                    old: None,
-                    unchanged_toast: Vec::new(),
-                    origin: Origin::Backfill(chunk.origin.clone()),
+                .map(|(i, (key, row))| {
+                    let change = RowChange {
+                        position: Position {
+                            commit_lsn,
+                            index: change.position.index + 1 + i as u32,
+                        },
+                        xid,
+                        commit_time,
+                        table: chunk.table.clone(),
+                        op: Op::Insert,
+                        new: Some(row),
+                        old: None,
+                        unchanged_toast: Vec::new(),
+                        origin: Origin::Backfill(chunk.origin.clone()),
+                    };
+                    (key, change)
                 })
                 .collect();
             Some(Some((changes, done)))

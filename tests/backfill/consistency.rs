@@ -33,8 +33,14 @@ async fn mirror_while_writing(test: &str, mode: CaptureMode) {
         assert!(start.elapsed() < Duration::from_secs(60), "no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (ops, backfilled) =
-        finish_mirrored(&db, &receiver, &id, writer, Duration::from_secs(600)).await;
+    let (ops, backfilled) = finish_mirrored(
+        &db,
+        &receiver,
+        &id,
+        writer,
+        (Duration::from_secs(600), Duration::from_secs(300)),
+    )
+    .await;
     assert!(ops > 100, "the writer ran throughout ({ops} changes)");
     assert!(
         backfilled > (ROWS as usize) * 9 / 10 && backfilled <= (ROWS as usize) + ops as usize,

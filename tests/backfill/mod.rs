@@ -230,19 +230,19 @@ fn backfilled_ids(received: &[Received], backfill: &str) -> (usize, usize) {
     (ids.len(), distinct.len())
 }
 
-/// The end of a backfill under a writer: waits until it is done, stops the writer, waits
-/// for the mirror, and checks that `rows_sent` counts the distinct events sent. The
-/// writer's changes and the distinct backfilled events.
+/// The end of a backfill under a writer: waits until it is done (`done_within`), stops the
+/// writer, waits for the mirror (`mirror_within`), and checks that `rows_sent` counts the
+/// distinct events sent. The writer's changes and the distinct backfilled events.
 async fn finish_mirrored(
     db: &TestDb,
     receiver: &Receiver,
     id: &str,
     writer: Writer,
-    within: Duration,
+    (done_within, mirror_within): (Duration, Duration),
 ) -> (u64, usize) {
-    wait_state(db, id, "done", within).await;
+    wait_state(db, id, "done", done_within).await;
     let ops = writer.finish().await;
-    wait_mirror(db, receiver, id, within).await;
+    wait_mirror(db, receiver, id, mirror_within).await;
     let (state, sent, _) = progress(db, id).await;
     assert_eq!(state, "done");
     let (all, distinct) = backfilled_ids(&receiver.delivered(), id);

@@ -17,7 +17,14 @@ async fn small_chunks_mirror(test: &str, mode: CaptureMode) {
     let daemon = Daemon::start(&db, config).await;
     let writer = Writer::start(&db, ROWS, 3_000);
     let id = start_backfill(&db, &sub).await;
-    let (ops, _) = finish_mirrored(&db, &receiver, &id, writer, Duration::from_secs(300)).await;
+    let (ops, _) = finish_mirrored(
+        &db,
+        &receiver,
+        &id,
+        writer,
+        (Duration::from_secs(300), Duration::from_secs(120)),
+    )
+    .await;
     assert!(ops > 0, "the writer ran");
     daemon.stop().await;
 }
