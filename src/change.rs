@@ -249,6 +249,60 @@ pub enum CaptureMessage {
     Change(RowChange),
     /// The current transaction committed.
     Commit(Commit),
+    /// Between transactions: set by the consumer once every transaction before it is
+    /// finished (its events delivered or durably queued). The backfill stage puts one after
+    /// the frame carrying a chunk's last row, whose end LSN alone cannot say so: its own
+    /// frames reuse the previous transaction's end.
+    Settled(Settled),
+}
+
+/// A flag set once, that a task can wait for (see [`CaptureMessage::Settled`]).
+#[derive(Clone, Default)]
+pub struct Settled(Arc<SettledFlag>);
+
+#[derive(Default)]
+struct SettledFlag {
+    set: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Settled {
+    /// Sets it and wakes its waiters (again is a no-op).
+    pub fn set(&self) {
+        self.0.set.store(true, std::sync::atomic::Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Whether it is set.
+    pub fn is_set(&self) -> bool {
+        self.0.set.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until it is set.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl PartialEq for Settled {
+    /// The same flag.
+    fn eq(&self, other: &Settled) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for Settled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Settled({})", self.is_set())
+    }
 }
 
 #[cfg(test)]

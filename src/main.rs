@@ -330,6 +330,7 @@ async fn tail(config: Config) -> anyhow::Result<()> {
                 capture.ack.acknowledge(commit.end_lsn);
             }
             CaptureMessage::Begin(_) => {}
+            CaptureMessage::Settled(settled) => settled.set(),
         }
         if cancel.is_cancelled() {
             break;

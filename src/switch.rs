@@ -250,7 +250,9 @@ fn skip_before(mut capture: Capture, at: Lsn) -> Capture {
                 CaptureMessage::Begin(b) => skipping = b.commit_lsn < at,
                 // Safe: skipped transactions all precede every forwarded one.
                 CaptureMessage::Commit(c) if skipping => ack.acknowledge(c.end_lsn),
-                CaptureMessage::Change(_) | CaptureMessage::Commit(_) => {}
+                CaptureMessage::Change(_)
+                | CaptureMessage::Commit(_)
+                | CaptureMessage::Settled(_) => {}
             }
             if !skipping && tx.send(message).await.is_err() {
                 return;

@@ -40,7 +40,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::change::{
-    BackfillOrigin, Begin, CaptureMessage, Commit, Op, Origin, Position, Row, RowChange, Table,
+    BackfillOrigin, Begin, CaptureMessage, Commit, Op, Origin, Position, Row, RowChange, Settled,
+    Table,
 };
 use crate::delivery::Load;
 use crate::lsn::Lsn;
@@ -57,12 +58,12 @@ pub(super) fn payload(backfill: uuid::Uuid, chunk: &str, mark: &str) -> String {
     serde_json::json!({"backfill": backfill.to_string(), "chunk": chunk, "mark": mark}).to_string()
 }
 
-/// What the stage reports when a chunk's HIGH watermark went through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the stage reports when a chunk's last row went out.
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct HighDone {
-    /// End LSN (trigger capture: sequence) of HIGH's transaction frame: acknowledged once
-    /// the chunk's events are delivered or queued.
-    pub end_lsn: Lsn,
+    /// Set once the frame that carried the chunk's last row, and every frame before it, is
+    /// finished: the chunk's events are delivered or durably queued.
+    pub settled: Settled,
     /// Rows emitted (read rows minus those changed between the watermarks).
     pub sent: u64,
 }
@@ -284,6 +285,22 @@ struct Stage {
 }
 
 impl Stage {
+    /// Tells the chunks whose last row went out in the frame just handed on that they are
+    /// done, with the marker that follows that frame; `None` when no chunk finished.
+    fn settle_finished(&mut self) -> Option<Settled> {
+        if self.finished.is_empty() {
+            return None;
+        }
+        let settled = Settled::default();
+        for (done, sent) in self.finished.drain(..) {
+            let _ = done.send(HighDone {
+                settled: settled.clone(),
+                sent,
+            });
+        }
+        Some(settled)
+    }
+
     /// Takes out of the pending chunks every row whose key `change` (a live change of the
     /// same table) touches, so that it goes out before the change; a TRUNCATE takes all
     /// of that table's rows.
@@ -361,8 +378,11 @@ const SLICE: usize = 64;
 /// stage passed on) and delivery holds at most [`Load::EASED`] jobs in memory (backfilled
 /// events never fill its budget ahead of live ones). A live change of a row still kept
 /// takes that row out first, just before the change in the change's own frame, so a row's
-/// backfill image always goes out before the row's newer live events. A chunk is reported done at the Commit of the frame that carried
-/// its last row, with that frame's end: acknowledging it covers every row of the chunk.
+/// backfill image always goes out before the row's newer live events. A chunk is reported
+/// done after the frame that carried its last row, with a [`CaptureMessage::Settled`]
+/// marker behind that frame: delivery sets it once that frame and every one before it are
+/// finished. (A released frame reuses the previous transaction's end LSN, so that LSN's
+/// acknowledgement would not cover it.)
 async fn run(
     mut input: mpsc::Receiver<CaptureMessage>,
     output: mpsc::Sender<CaptureMessage>,
@@ -433,11 +453,11 @@ fn release(
     for message in frame {
         permits.next().ok_or(())?.send(message);
     }
-    for (done, sent) in stage.finished.drain(..) {
-        let _ = done.send(HighDone {
-            end_lsn: stage.last_end,
-            sent,
-        });
+    if let Some(settled) = stage.settle_finished() {
+        permits
+            .next()
+            .ok_or(())?
+            .send(CaptureMessage::Settled(settled));
     }
     Ok(())
 }
@@ -490,11 +510,14 @@ async fn forward(
             send(message).await.map_err(|_| ())?;
             stage.begin = None;
             stage.last_end = end_lsn;
-            for (done, sent) in stage.finished.drain(..) {
-                let _ = done.send(HighDone { end_lsn, sent });
+            if let Some(settled) = stage.settle_finished() {
+                send(CaptureMessage::Settled(settled))
+                    .await
+                    .map_err(|_| ())?;
             }
             return Ok(());
         }
+        CaptureMessage::Settled(_) => {}
     }
     send(message).await.map_err(|_| ())
 }
@@ -654,11 +677,12 @@ mod tests {
         change(Arc::new(Table::watermark()), image, 0)
     }
 
-    /// What a message is, as `B`, `C@lsn`, `live:id` or `fill:id`.
+    /// What a message is, as `B`, `C@lsn`, `S` (a marker), `live:id` or `fill:id`.
     fn describe(message: &CaptureMessage) -> String {
         match message {
             CaptureMessage::Begin(_) => "B".into(),
             CaptureMessage::Commit(c) => format!("C@{}", c.end_lsn.0),
+            CaptureMessage::Settled(_) => "S".into(),
             CaptureMessage::Change(c) => {
                 let kind = match c.origin {
                     Origin::Backfill(_) => "fill",
@@ -728,13 +752,16 @@ mod tests {
         assert_eq!(fill, expected);
         assert_eq!(frames, ["B", "C@40", "B"]);
         assert_eq!(describe(&out.recv().await.unwrap()), "C@40");
-        // Done once its last row went out, at that frame's end.
-        assert_eq!(
-            high_rx.await.unwrap(),
-            HighDone {
-                end_lsn: Lsn(40),
-                sent: 99
-            }
-        );
+        // Done once its last row went out: a marker follows that frame, which the consumer
+        // sets when the frame is finished (the frame's end LSN was acknowledged before).
+        let Some(CaptureMessage::Settled(marker)) = out.recv().await else {
+            panic!("no marker after the last frame");
+        };
+        let done = high_rx.await.unwrap();
+        assert_eq!(done.sent, 99);
+        assert_eq!(done.settled, marker);
+        assert!(!done.settled.is_set());
+        marker.set();
+        assert!(done.settled.is_set());
     }
 }

@@ -424,7 +424,8 @@ impl Worker {
         (chosen, last_key)
     }
 
-    /// Waits until the HIGH frame of `chunk` is acknowledged; `false` when stopping.
+    /// Waits until the events of `chunk` are delivered or queued (its marker set); `false`
+    /// when stopping.
     /// Also returns (`true`) on a `walhook_backfill` notification, so that a cancel is seen
     /// while a slow endpoint holds the acknowledgement.
     async fn acknowledged(
@@ -444,18 +445,18 @@ impl Worker {
             };
             chunk.done = Some(done);
         }
-        let Some(done) = chunk.done else {
+        let Some(done) = &chunk.done else {
             return Ok(false);
         };
         tokio::select! {
-            _ = self.ack.wait_acknowledged(done.end_lsn) => Ok(true),
+            _ = done.settled.wait() => Ok(true),
             _ = wake.notified() => Ok(true),
             _ = stop.cancelled() => Ok(false),
         }
     }
 
-    /// Stores the progress of the in-flight chunks at the front whose HIGH frames are
-    /// acknowledged, in chunk order; `false` when the backfill ended (done, or no longer
+    /// Stores the progress of the in-flight chunks at the front whose events are all
+    /// delivered or queued (their markers set), in chunk order; `false` when the backfill ended (done, or no longer
     /// running).
     async fn settle(
         &self,
@@ -463,7 +464,6 @@ impl Worker {
         id: uuid::Uuid,
         in_flight: &mut VecDeque<InFlight>,
     ) -> Result<bool, BackfillError> {
-        let acknowledged = self.ack.acknowledged();
         let (mut sent, mut last_key, mut last, mut settled) = (0u64, None, false, 0);
         while let Some(front) = in_flight.front_mut() {
             if front.done.is_none()
@@ -473,7 +473,7 @@ impl Worker {
                 front.done = Some(done);
                 front.high = None;
             }
-            let Some(done) = front.done.filter(|d| d.end_lsn <= acknowledged) else {
+            let Some(done) = front.done.as_ref().filter(|d| d.settled.is_set()) else {
                 break;
             };
             sent += done.sent;

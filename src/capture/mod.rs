@@ -20,7 +20,7 @@ pub mod slot;
 mod stream;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -141,41 +141,12 @@ pub struct Acknowledger {
     acked: Arc<AtomicU64>,
     acked_commit_time: Arc<AtomicI64>,
     role: Arc<AtomicU8>,
-    /// Woken when the LSN advances while someone waits in [`Self::wait_acknowledged`]
-    /// (a backfill): the common path pays one atomic load, not the Notify's lock.
-    advanced: Arc<tokio::sync::Notify>,
-    waiting: Arc<AtomicUsize>,
 }
 
 impl Acknowledger {
     /// Marks everything up to `lsn` (a commit's `end_lsn`) durable. Never moves backwards.
     pub fn acknowledge(&self, lsn: Lsn) {
-        // SeqCst pairs with `wait_acknowledged`: one of the two sees the other's write.
-        let before = self.acked.fetch_max(lsn.0, Ordering::SeqCst);
-        if lsn.0 > before && self.waiting.load(Ordering::SeqCst) > 0 {
-            self.advanced.notify_waiters();
-        }
-    }
-
-    /// Waits until everything up to `lsn` is acknowledged.
-    pub async fn wait_acknowledged(&self, lsn: Lsn) {
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&self.waiting);
-        loop {
-            let advanced = self.advanced.notified();
-            tokio::pin!(advanced);
-            advanced.as_mut().enable();
-            if Lsn(self.acked.load(Ordering::SeqCst)) >= lsn {
-                return;
-            }
-            advanced.await;
-        }
+        self.acked.fetch_max(lsn.0, Ordering::AcqRel);
     }
 
     /// [`Self::acknowledge`], remembering the transaction's commit time for lag reports.

@@ -100,6 +100,7 @@ impl Delivery {
                         }
                     }
                     Some(CaptureMessage::Commit(commit)) => watermark.commit(commit.end_lsn, commit.commit_time),
+                    Some(CaptureMessage::Settled(settled)) => watermark.settle(settled),
                 },
                 _ = stop.cancelled(), if !stopping => {}
                 _ = finish_timer => {
@@ -116,11 +117,13 @@ impl Delivery {
 
     /// Creates the next job of its (subscription, row) chain, and the sender its successor
     /// waits on. A subscription is overloaded — its new jobs wait in the table — when it
-    /// holds `max_waiting` jobs in memory, the memory budget is half used, and it holds most
-    /// of it: then it is what keeps the others waiting. Otherwise a full budget pauses the
-    /// stream (backpressure) and nothing is written. Both counts are the dispatcher's own
-    /// (a subscription's count is lowered where `outstanding` is), so a lone subscription
-    /// is never overloaded by jobs that finished but were not yet counted out.
+    /// holds `max_waiting` jobs in memory, the memory budget is half used, it holds most of
+    /// it, and delivery knows another subscription: then it is what keeps the others
+    /// waiting (a full budget would pause the stream for all of them, even for one whose
+    /// fast endpoint holds nothing in memory right now). A lone subscription is never
+    /// overloaded: a full budget pauses the stream (backpressure) and nothing is written.
+    /// Both counts are the dispatcher's own (a subscription's count is lowered where
+    /// `outstanding` is).
     fn chain(
         &self,
         route: Arc<Route>,
@@ -133,8 +136,8 @@ impl Delivery {
         let others = outstanding.saturating_sub(mine);
         let overloaded = mine >= self.config.max_waiting
             && outstanding >= self.config.max_outstanding / 2
-            && others > 0
-            && mine > others;
+            && mine > others
+            && locked(&self.subs).len() > 1;
         let key = key(id, &event.row_key);
         let (next, rx) = oneshot::channel();
         let mut keys = locked(&self.keys);

@@ -473,8 +473,13 @@ impl Queue {
     }
 
     /// Claims up to `limit` due rows for `lease`, oldest first, one per (subscription, row).
-    pub async fn claim_due(&self, limit: i64, lease: Duration) -> Result<Vec<Claimed>, QueueError> {
-        self.claim(Claim::Rows, limit, lease).await
+    pub async fn claim_due(
+        &self,
+        limit: i64,
+        lease: Duration,
+        skip: &[Uuid],
+    ) -> Result<Vec<Claimed>, QueueError> {
+        self.claim(Claim::Rows, limit, lease, skip).await
     }
 
     /// Claims every row of up to `limit` due batches for `lease` (rows of a batch share
@@ -487,8 +492,9 @@ impl Queue {
         &self,
         limit: i64,
         lease: Duration,
+        skip: &[Uuid],
     ) -> Result<Vec<Claimed>, QueueError> {
-        let mut rows = self.claim(Claim::Batches, limit, lease).await?;
+        let mut rows = self.claim(Claim::Batches, limit, lease, skip).await?;
         rows.sort_by(|a, b| {
             (a.subscription_id, &a.batch_id, a.id).cmp(&(b.subscription_id, &b.batch_id, b.id))
         });
@@ -496,12 +502,14 @@ impl Queue {
     }
 
     /// The one claiming statement: due rows that head their (subscription, row) — no older
-    /// pending row of it — picked in id order with `SKIP LOCKED`, leased for `lease`.
+    /// pending row of it — of subscriptions not in `skip`, picked in id order with
+    /// `SKIP LOCKED`, leased for `lease`.
     async fn claim(
         &self,
         claim: Claim,
         limit: i64,
         lease: Duration,
+        skip: &[Uuid],
     ) -> Result<Vec<Claimed>, QueueError> {
         let (outer, picked, batch) = match claim {
             Claim::Rows => ("q.id", "c.id", "IS NULL"),
@@ -518,6 +526,7 @@ impl Queue {
              WHERE {outer} IN ( \
                SELECT {picked} FROM walhook.delivery_queue c \
                WHERE c.status = 'pending' AND c.next_attempt_at <= now() AND c.batch_id {batch} \
+                 AND c.subscription_id <> ALL($3) \
                  AND NOT EXISTS (SELECT 1 FROM walhook.delivery_queue e \
                    WHERE e.subscription_id = c.subscription_id AND e.row_key = c.row_key \
                      AND e.status = 'pending' AND e.id < c.id) \
@@ -526,6 +535,7 @@ impl Queue {
         ))
         .bind::<BigInt, _>(limit)
         .bind::<Double, _>(sql_secs(lease))
+        .bind::<Array<SqlUuid>, _>(skip)
         .load(&mut conn)
         .await?)
     }

@@ -1,6 +1,7 @@
 //! The retrier: serves due rows of the queue table, oldest first per (subscription, row),
 //! claimed with a lease so several daemons can share the table.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,6 +19,9 @@ use super::spill::key;
 use super::{Delivery, Key, SubState, Verdict};
 use crate::subscriptions::routing::Route;
 
+/// Claimed rows or batches served at once, over all subscriptions.
+const MAX_RETRIES_RUNNING: usize = 256;
+
 /// A claimed queue row, or the rows of a claimed batch, to be sent again.
 pub(super) struct Retry<'a> {
     pub(super) sub_id: uuid::Uuid,
@@ -32,39 +36,75 @@ pub(super) struct Retry<'a> {
 }
 
 impl Delivery {
-    /// Serves due rows of the queue table until `stop`.
+    /// Serves due rows of the queue table until `stop`. At most [`MAX_RETRIES_RUNNING`]
+    /// claimed rows or batches are served at once, and a subscription that has as many
+    /// running as it has request slots is not claimed for until one ends: a slow endpoint's
+    /// backlog never takes the places of another subscription's due rows.
     pub async fn run_retries(self: Arc<Self>, stop: CancellationToken) {
         let mut running = tokio::task::JoinSet::new();
+        let mut per_sub: HashMap<uuid::Uuid, usize> = HashMap::new();
+        let full = self.config.max_in_flight.max(1);
         while !stop.is_cancelled() {
-            while running.try_join_next().is_some() {}
-            let mut batches = 0;
-            if running.len() < 256 {
-                match self.queue.claim_batches(16, self.lease()).await {
-                    Ok(rows) => {
-                        for batch in rows.chunk_by(|a, b| {
-                            (a.subscription_id, &a.batch_id) == (b.subscription_id, &b.batch_id)
-                        }) {
-                            batches += 1;
-                            running.spawn(self.clone().retry_batch(batch.to_vec(), stop.clone()));
-                        }
+            while let Some(ended) = running.try_join_next() {
+                if let Ok(sub) = ended
+                    && let Some(n) = per_sub.get_mut(&sub)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_sub.remove(&sub);
                     }
-                    Err(e) => tracing::warn!(error = %e, "claiming due batches failed"),
                 }
             }
-            let claimed = if running.len() < 256 {
-                self.queue.claim_due(64, self.lease()).await
-            } else {
-                Ok(Vec::new())
-            };
-            match claimed {
-                Ok(rows) if !rows.is_empty() || batches > 0 => {
-                    for row in rows {
-                        running.spawn(self.clone().retry_row(row, stop.clone()));
-                    }
-                    continue;
+            let mut claimed_any = false;
+            for batches in [true, false] {
+                if running.len() >= MAX_RETRIES_RUNNING {
+                    break;
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "claiming due deliveries failed"),
+                let skip: Vec<uuid::Uuid> = per_sub
+                    .iter()
+                    .filter(|&(_, &n)| n >= full)
+                    .map(|(&sub, _)| sub)
+                    .collect();
+                let lease = self.lease();
+                let claimed = if batches {
+                    self.queue.claim_batches(16, lease, &skip).await
+                } else {
+                    self.queue.claim_due(64, lease, &skip).await
+                };
+                let rows = match claimed {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        tracing::warn!(error = %e, batches, "claiming due deliveries failed");
+                        continue;
+                    }
+                };
+                claimed_any |= !rows.is_empty();
+                if batches {
+                    for batch in rows.chunk_by(|a, b| {
+                        (a.subscription_id, &a.batch_id) == (b.subscription_id, &b.batch_id)
+                    }) {
+                        let sub = batch[0].subscription_id;
+                        *per_sub.entry(sub).or_default() += 1;
+                        let work = self.clone().retry_batch(batch.to_vec(), stop.clone());
+                        running.spawn(async move {
+                            work.await;
+                            sub
+                        });
+                    }
+                } else {
+                    for row in rows {
+                        let sub = row.subscription_id;
+                        *per_sub.entry(sub).or_default() += 1;
+                        let work = self.clone().retry_row(row, stop.clone());
+                        running.spawn(async move {
+                            work.await;
+                            sub
+                        });
+                    }
+                }
+            }
+            if claimed_any {
+                continue;
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.config.retry_poll) => {}

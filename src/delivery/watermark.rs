@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 
 use crate::capture::Acknowledger;
-use crate::change::CommitTime;
+use crate::change::{CommitTime, Settled};
 use crate::lsn::Lsn;
 
 /// Where a transaction stands.
@@ -23,6 +23,8 @@ struct TxEntry {
     id: u64,
     end: TxEnd,
     outstanding: usize,
+    /// Set when this transaction and every one before it are finished.
+    settled: Vec<Settled>,
 }
 
 /// Transactions in flight, oldest first, and the acknowledger they advance.
@@ -51,6 +53,7 @@ impl Watermark {
             id: self.next,
             end: TxEnd::Open,
             outstanding: 0,
+            settled: Vec::new(),
         });
         self.next += 1;
     }
@@ -79,6 +82,14 @@ impl Watermark {
         self.advance();
     }
 
+    /// `settled` is set once every transaction so far is finished (at once if they are).
+    pub(super) fn settle(&mut self, settled: Settled) {
+        match self.txs.back_mut() {
+            Some(newest) => newest.settled.push(settled),
+            None => settled.set(),
+        }
+    }
+
     /// Whether a transaction has begun and not committed yet.
     pub(super) fn in_transaction(&self) -> bool {
         self.txs
@@ -96,7 +107,9 @@ impl Watermark {
                 TxEnd::Abandoned if front.outstanding == 0 => {}
                 _ => return,
             }
-            self.txs.pop_front();
+            if let Some(finished) = self.txs.pop_front() {
+                finished.settled.iter().for_each(Settled::set);
+            }
         }
     }
 }
@@ -121,6 +134,20 @@ mod tests {
         );
         w.done(a);
         assert_eq!(ack.acknowledged(), Lsn(20));
+        let none_open = Settled::default();
+        w.settle(none_open.clone());
+        assert!(none_open.is_set(), "nothing unfinished before it");
+        w.begin();
+        let b = w.add_job().expect("open transaction");
+        w.commit(Lsn(25), CommitTime(25));
+        let after_b = Settled::default();
+        w.settle(after_b.clone());
+        assert!(
+            !after_b.is_set(),
+            "set only once the transaction before it is finished"
+        );
+        w.done(b);
+        assert!(after_b.is_set());
         w.begin();
         assert!(w.in_transaction());
         w.begin(); // reconnect: the open one is abandoned and sent again

@@ -1,12 +1,15 @@
 //! The pipelined worker: many small chunks in flight still mirror the table exactly under
 //! concurrent writes (both capture modes), and a new backfill starts on its
-//! `walhook_backfill` notification rather than on the worker's fallback look (10 s).
+//! `walhook_backfill` notification rather than on the worker's fallback look (10 s), and
+//! stored progress never runs ahead of what the endpoint has received.
 
 use std::time::{Duration, Instant};
 
 use walhook::config::CaptureMode;
 
-use super::{Writer, config_in, finish_mirrored, items, progress, start_backfill, wait_state};
+use super::{
+    Writer, backfilled_ids, config_in, finish_mirrored, items, progress, start_backfill, wait_state,
+};
 use crate::support::daemon::Daemon;
 
 async fn small_chunks_mirror(test: &str, mode: CaptureMode) {
@@ -41,6 +44,50 @@ async fn replication_small_pipelined_chunks_mirror_the_table() {
 #[tokio::test]
 async fn trigger_small_pipelined_chunks_mirror_the_table() {
     small_chunks_mirror("backfill_small_chunks_trigger", CaptureMode::Trigger).await;
+}
+
+/// A chunk's rows are released in frames that reuse an earlier transaction's end LSN: its
+/// progress must wait until those rows are delivered (or queued), not until that LSN is
+/// acknowledged, or a `kill -9` would skip the rows still in flight.
+async fn progress_follows_deliveries(test: &str, mode: CaptureMode) {
+    const ROWS: i64 = 160;
+    let (db, receiver, sub) = items(test, mode, ROWS).await;
+    receiver.set_delay(Duration::from_millis(250));
+    let mut config = config_in(&db, mode);
+    // Nothing waits long enough to be queued: done means delivered here.
+    config.delivery.max_hold_ms = 600_000;
+    let daemon = Daemon::start(&db, config).await;
+    let id = start_backfill(&db, &sub).await;
+    let start = Instant::now();
+    loop {
+        let (state, sent, _) = progress(&db, &id).await;
+        // Read after the progress: every event counted in it has been received by now.
+        let (_, received) = backfilled_ids(&receiver.requests(), &id);
+        assert!(
+            sent <= received as i64,
+            "progress says {sent} rows sent while the endpoint has received {received}"
+        );
+        if state == "done" {
+            assert_eq!(sent, ROWS);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not done ({sent})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn replication_progress_never_runs_ahead_of_deliveries() {
+    progress_follows_deliveries("backfill_progress_replication", CaptureMode::Replication).await;
+}
+
+#[tokio::test]
+async fn trigger_progress_never_runs_ahead_of_deliveries() {
+    progress_follows_deliveries("backfill_progress_trigger", CaptureMode::Trigger).await;
 }
 
 #[tokio::test]

@@ -448,6 +448,47 @@ async fn a_failing_row_holds_back_only_its_own_later_events() {
     daemon.stop().await;
 }
 
+/// The retrier serves each subscription within its own request slots: a slow endpoint's
+/// queued backlog (older, so claimed first) never takes the places of a fast endpoint's
+/// retries.
+#[tokio::test]
+async fn a_slow_endpoints_queued_backlog_does_not_delay_a_fast_ones_retries() {
+    let db = setup("deliver_retry_isolation").await;
+    let slow = Receiver::start().await;
+    slow.set_delay(Duration::from_secs(5));
+    subscribe(&db, &slow.url, "").await;
+    let fast = Receiver::start().await;
+    fast.script(&[(500, Duration::ZERO); 300]);
+    subscribe(&db, &fast.url, "").await;
+    // Past the hold (200 ms) the slow endpoint's events waiting for a slot go to the queue
+    // table, as do the fast one's after its first answer (500): both are the retrier's.
+    let delivery = "allow_private_targets = true\nretry_schedule_ms = [300]\nmax_hold_ms = 200\ntimeout_ms = 10000";
+    let daemon = Daemon::start(&db, config(&db, delivery, &[])).await;
+    db.exec("INSERT INTO orders SELECT g, 'new', 1 FROM generate_series(1, 300) g")
+        .await;
+    let start = Instant::now();
+    let got = fast.wait_delivered(300, Duration::from_secs(15)).await;
+    let distinct: std::collections::HashSet<&str> = got
+        .iter()
+        .map(|r| r.headers["webhook-id"].as_str())
+        .collect();
+    assert_eq!(distinct.len(), 300);
+    assert_eq!(
+        fast.requests().len(),
+        600,
+        "one failed and one retried request per event"
+    );
+    println!(
+        "fast endpoint's 300 retries delivered in {:?} beside a slow backlog",
+        start.elapsed()
+    );
+    assert!(
+        slow.requests().len() <= 48,
+        "the slow endpoint never has more than 16 in flight (5 s each)"
+    );
+    daemon.stop().await;
+}
+
 #[tokio::test]
 async fn a_slow_endpoint_does_not_delay_a_fast_one() {
     let db = setup("deliver_isolation").await;
