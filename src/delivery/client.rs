@@ -349,6 +349,17 @@ impl Sender {
             .post(url.clone())
             .headers(headers)
             .body(message.body.clone());
+        // Boxed: reqwest's futures are large, and every job's future would carry their
+        // size even when it takes the direct path.
+        Box::pin(async move { self.answer(request).await }).await
+    }
+
+    /// Sends a reqwest request and reads what the outcome needs of its answer.
+    async fn answer(&self, request: reqwest::RequestBuilder) -> Outcome {
+        let failed = |error: String| Outcome::Failed {
+            error,
+            retry_after: None,
+        };
         match request.send().await {
             Ok(mut response) => {
                 let status = response.status().as_u16();

@@ -202,7 +202,8 @@ impl Pool {
         let (mut conn, response) = loop {
             let (mut conn, reused) = match self.take(&endpoint.authority).await {
                 Some(conn) => (conn, true),
-                None => (self.connect(endpoint).await?, false),
+                // Rare (connections are kept): boxed, so the hot path's future stays small.
+                None => (Box::pin(self.connect(endpoint)).await?, false),
             };
             let sent = conn.sender.try_send_request(request);
             match driving(&mut conn.driver, sent).await {

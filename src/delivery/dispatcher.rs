@@ -90,9 +90,12 @@ impl Delivery {
                         self.rates.event();
                         let event = Arc::new(event);
                         let now = chrono::Utc::now().timestamp_micros();
-                        for route in snapshot.route(&event, now) {
+                        let mut routes = snapshot.route(&event, now).peekable();
+                        let mut shared = false;
+                        while let Some(route) = routes.next() {
+                            shared |= routes.peek().is_some();
                             let Some(tx) = watermark.add_job() else { break };
-                            let (job, next) = self.chain(route.clone(), event.clone(), outstanding);
+                            let (job, next) = self.chain(route.clone(), event.clone(), (outstanding, shared));
                             outstanding += 1;
                             self.load.set(outstanding);
                             let done = Done::new(next, tx, job.sub.clone(), done_tx.clone());
@@ -118,17 +121,17 @@ impl Delivery {
     /// Creates the next job of its (subscription, row) chain, and the sender its successor
     /// waits on. A subscription is overloaded — its new jobs wait in the table — when it
     /// holds `max_waiting` jobs in memory, the memory budget is half used, it holds most of
-    /// it, and delivery knows another subscription: then it is what keeps the others
-    /// waiting (a full budget would pause the stream for all of them, even for one whose
-    /// fast endpoint holds nothing in memory right now). A lone subscription is never
-    /// overloaded: a full budget pauses the stream (backpressure) and nothing is written.
-    /// Both counts are the dispatcher's own (a subscription's count is lowered where
-    /// `outstanding` is).
+    /// it, and others wait on it: another subscription holds jobs in memory, or this event
+    /// goes to another subscription too (`shared`; a fast endpoint holds almost nothing in
+    /// memory at any moment, yet a full budget would pause the stream for it). A lone busy
+    /// subscription (a burst or a drain to one endpoint) is never overloaded: a full budget
+    /// pauses the stream (backpressure) and nothing is written. Both counts are the
+    /// dispatcher's own (a subscription's count is lowered where `outstanding` is).
     fn chain(
         &self,
         route: Arc<Route>,
         event: Arc<Event>,
-        outstanding: usize,
+        (outstanding, shared): (usize, bool),
     ) -> (Job, oneshot::Sender<bool>) {
         let id = route.subscription.id;
         let sub = self.sub(id);
@@ -137,7 +140,7 @@ impl Delivery {
         let overloaded = mine >= self.config.max_waiting
             && outstanding >= self.config.max_outstanding / 2
             && mine > others
-            && locked(&self.subs).len() > 1;
+            && (others > 0 || shared);
         let key = key(id, &event.row_key);
         let (next, rx) = oneshot::channel();
         let mut keys = locked(&self.keys);

@@ -82,6 +82,8 @@ impl Done {
 
 impl Delivery {
     /// Runs a job to done, then lets its in-memory attempt (if one outlived the hold) end.
+    /// Its rare paths (batching, spills, settling a held attempt) are boxed: the future is
+    /// copied into its task at every spawn, and it is as large as its largest path.
     pub(super) async fn run_job(self: Arc<Self>, mut job: Job, mut done: Done) {
         let sub_id = job.route.subscription.id;
         let sub = job.sub.clone();
@@ -95,7 +97,7 @@ impl Delivery {
         let skip = !prev_delivered || job.queue_only || sub.breaker.open().is_some();
         if !skip && !self.draining.is_cancelled() && batching(&job.route).is_some() {
             // Its batch takes the slot, makes the attempt and queues it if need be.
-            let delivered = self.batched(&job, &sub, body).await;
+            let delivered = Box::pin(self.batched(&job, &sub, body)).await;
             done.finish(delivered);
             self.forget_job(&job.key);
             return;
@@ -123,7 +125,7 @@ impl Delivery {
                 done.finish(true);
             }
             _ if let Some(open) = open => {
-                self.spill(&job, &body, Queued::held(&open)).await;
+                Box::pin(self.spill(&job, &body, Queued::held(&open))).await;
                 done.finish(false);
             }
             Some(permit) if !self.draining.is_cancelled() => {
@@ -149,8 +151,7 @@ impl Delivery {
                         // Held too long: make it durable so its transaction can be
                         // acknowledged, then let the attempt end and settle the row.
                         self.held_in_flight.fetch_add(1, Ordering::AcqRel);
-                        self.spill(&job, &body, Queued::in_flight(self.lease()))
-                            .await;
+                        Box::pin(self.spill(&job, &body, Queued::in_flight(self.lease()))).await;
                         done.finish(false);
                         held = Some((send.await, started.elapsed()));
                         drop(permit);
@@ -160,13 +161,13 @@ impl Delivery {
                 done.finish(delivered);
             }
             _ => {
-                self.spill(&job, &body, Queued::WAITING).await;
+                Box::pin(self.spill(&job, &body, Queued::WAITING)).await;
                 done.finish(false);
             }
         }
         self.forget_job(&job.key);
         if let Some((outcome, latency)) = held {
-            self.settle_held(&job, &sub, outcome, latency).await;
+            Box::pin(self.settle_held(&job, &sub, outcome, latency)).await;
             self.held_in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -187,7 +188,7 @@ impl Delivery {
         if let Verdict::Delivered = verdict {
             return true;
         }
-        self.spill(job, body, Queued::after_first(&verdict)).await;
+        Box::pin(self.spill(job, body, Queued::after_first(&verdict))).await;
         false
     }
 

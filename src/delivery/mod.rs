@@ -289,18 +289,21 @@ impl Delivery {
             Some(delay) => Verdict::Retry { delay, error },
             None => Verdict::Dead { error },
         };
+        // The database writes below are rare (a change of health, a failure): boxed, so
+        // that every job's future does not carry their size.
         match outcome {
             Outcome::Delivered => {
                 self.rates.delivered();
                 if sub.failing.swap(false, Ordering::AcqRel) {
                     sub.breaker.close();
-                    self.logged(self.queue.record_success(id).await);
+                    self.logged(Box::pin(self.queue.record_success(id)).await);
                 }
                 Verdict::Delivered
             }
             Outcome::Gone => {
                 tracing::warn!(subscription = %id, "target answered 410 Gone; deactivating the subscription");
-                let deactivated = self.queue.deactivate(id, "target answered 410 Gone").await;
+                let deactivated =
+                    Box::pin(self.queue.deactivate(id, "target answered 410 Gone")).await;
                 if deactivated.is_ok() {
                     self.routing.apply(id, None);
                 }
@@ -310,7 +313,7 @@ impl Delivery {
                 }
             }
             Outcome::Failed { error, retry_after } => {
-                self.failure(sub, id, &error).await;
+                Box::pin(self.failure(sub, id, &error)).await;
                 verdict(retry.next_delay(attempts, retry_after), error)
             }
             Outcome::Unreachable { error } => {
@@ -319,7 +322,7 @@ impl Delivery {
                     if attempts == 1 {
                         tracing::warn!(subscription = %id, error = %error, "endpoint unreachable; holding its events for {open_for:?}");
                     }
-                    self.failure(sub, id, &error).await;
+                    Box::pin(self.failure(sub, id, &error)).await;
                 }
                 // A first attempt is due when the breaker probes; later ones keep their
                 // own (longer) step of the schedule.

@@ -44,27 +44,30 @@ impl Delivery {
         let mut running = tokio::task::JoinSet::new();
         let mut per_sub: HashMap<uuid::Uuid, usize> = HashMap::new();
         let full = self.config.max_in_flight.max(1);
-        while !stop.is_cancelled() {
-            while let Some(ended) = running.try_join_next() {
-                if let Ok(sub) = ended
-                    && let Some(n) = per_sub.get_mut(&sub)
-                {
-                    *n -= 1;
-                    if *n == 0 {
-                        per_sub.remove(&sub);
-                    }
+        let ended = |per_sub: &mut HashMap<uuid::Uuid, usize>, sub: uuid::Uuid| {
+            if let Some(n) = per_sub.get_mut(&sub) {
+                *n -= 1;
+                if *n == 0 {
+                    per_sub.remove(&sub);
                 }
             }
+        };
+        while !stop.is_cancelled() {
+            while let Some(result) = running.try_join_next() {
+                if let Ok(sub) = result {
+                    ended(&mut per_sub, sub);
+                }
+            }
+            let skip: Vec<uuid::Uuid> = per_sub
+                .iter()
+                .filter(|&(_, &n)| n >= full)
+                .map(|(&sub, _)| sub)
+                .collect();
             let mut claimed_any = false;
             for batches in [true, false] {
                 if running.len() >= MAX_RETRIES_RUNNING {
                     break;
                 }
-                let skip: Vec<uuid::Uuid> = per_sub
-                    .iter()
-                    .filter(|&(_, &n)| n >= full)
-                    .map(|(&sub, _)| sub)
-                    .collect();
                 let lease = self.lease();
                 let claimed = if batches {
                     self.queue.claim_batches(16, lease, &skip).await
@@ -106,7 +109,15 @@ impl Delivery {
             if claimed_any {
                 continue;
             }
+            // Nothing claimable now. While a subscription was skipped (or the limit was
+            // reached), the end of one of its retries may make room before the next poll.
+            let waiting = !skip.is_empty() || running.len() >= MAX_RETRIES_RUNNING;
             tokio::select! {
+                Some(result) = running.join_next(), if waiting => {
+                    if let Ok(sub) = result {
+                        ended(&mut per_sub, sub);
+                    }
+                }
                 _ = tokio::time::sleep(self.config.retry_poll) => {}
                 _ = stop.cancelled() => {}
             }
