@@ -280,15 +280,21 @@ impl Settled {
 
     /// Waits until it is set.
     pub async fn wait(&self) {
-        loop {
-            let notified = self.0.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_set() {
-                return;
-            }
-            notified.await;
+        notified_until(&self.0.notify, || self.is_set()).await;
+    }
+}
+
+/// Waits until `ready()` holds, re-checking it each time `notify` wakes its waiters (it
+/// registers before each check, so a wake-up between check and wait is not missed).
+pub(crate) async fn notified_until(notify: &tokio::sync::Notify, ready: impl Fn() -> bool) {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if ready() {
+            return;
         }
+        notified.await;
     }
 }
 

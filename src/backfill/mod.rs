@@ -9,8 +9,8 @@
 //!  SELECT chunk (pk > last_key, LIMIT n)               ▼          ▼        ▼
 //!  hand the rows to the stage                  interleave: records the keys of the
 //!  emit HIGH watermark ──────────────────────▶ table's live changes between LOW and HIGH;
-//!  wait until HIGH's frame is acknowledged     at HIGH emits the chunk's other rows inside
-//!  store last_key / rows_sent                  HIGH's own transaction frame ─▶ Delivery::run
+//!  wait until the chunk's events are done      after HIGH releases the chunk's other rows
+//!  store last_key / rows_sent                  in slices of their own ─▶ Delivery::run
 //! ```
 //!
 //! Guarantee: a row's backfill image is never delivered after a newer live event of that
@@ -23,8 +23,8 @@
 //! Watermarks travel as a transactional logical message (replication) or an outbox row
 //! (trigger capture) under the pseudo table [`crate::change::Table::watermark`]; the stage
 //! takes them out of the stream. A consumer without the stage (a mode switch's drain) skips
-//! them as changes of an unwatched table. Progress is stored only once the frame carrying
-//! a chunk is acknowledged (its events delivered or durably queued), so after `kill -9` a
+//! them as changes of an unwatched table. Progress is stored only once every event of a
+//! chunk is delivered or durably queued (a marker behind the frame of its last row), so after `kill -9` a
 //! backfill repeats at most its chunks in flight (up to 4), with the same event ids.
 
 mod interleave;

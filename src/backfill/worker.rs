@@ -8,18 +8,18 @@
 //! ```text
 //!  register N · emit HIGH(N-1)+LOW(N) in one transaction · LOW(N) seen · read N ·
 //!  register N+1 · emit HIGH(N)+LOW(N+1) · …         (a short chunk ends the reading)
-//!  meanwhile: the oldest in-flight chunk's HIGH frame acknowledged → store its last_key
+//!  meanwhile: the oldest in-flight chunk's events all delivered → store its last_key
 //! ```
 //!
 //! Each read is one short autocommit statement (no lock beyond the read's, no long
 //! snapshot) that also returns its own snapshot's in-progress xids: in replication mode a
 //! transaction that came through the stream before LOW but was still invisible to the read
 //! makes the worker read the chunk again (the stage's [`super::Interleave::committed_before`]).
-//! Stored progress only advances to a chunk whose HIGH frame is acknowledged, in chunk
-//! order, so after `kill -9` at most [`CHUNKS_IN_FLIGHT`] chunks are sent again. While
+//! Stored progress only advances to a chunk whose events are all delivered or queued
+//! (the marker behind its last row's frame set), in chunk order, so after `kill -9` at most [`CHUNKS_IN_FLIGHT`] chunks are sent again. While
 //! `CHUNKS_IN_FLIGHT` chunks' worth of backfilled events waits in the queue table (a slow
 //! endpoint), the next chunk waits. Waiting is on notifications: the stage's oneshots for
-//! the watermarks, the [`Acknowledger`] for acknowledgements, and `LISTEN walhook_backfill`
+//! the watermarks and the chunks' markers, and `LISTEN walhook_backfill`
 //! (sent by `walhook.backfill` and `walhook.cancel_backfill`) for new and cancelled
 //! backfills; only the slow-endpoint hold polls.
 
@@ -119,7 +119,8 @@ struct Reads {
 }
 
 impl Worker {
-    /// A worker emitting watermarks for `stage`, acknowledged through `ack`.
+    /// A worker emitting watermarks for `stage`, working while `ack` says this instance's
+    /// capture streams.
     pub fn new(config: WorkerConfig, ack: Acknowledger, stage: Interleave) -> Worker {
         Worker {
             config,
@@ -292,17 +293,17 @@ impl Worker {
                 let Some(front) = in_flight.front_mut() else {
                     return Ok(()); // the last chunk's progress (state done) is stored
                 };
-                if !self.acknowledged(front, &session.wake, stop).await? {
+                if !self.finished(front, &session.wake, stop).await? {
                     return Ok(());
                 }
                 continue;
             }
-            // Pipeline depth: the oldest chunk must be acknowledged before another is read.
+            // Pipeline depth: the oldest chunk must be finished before another is read.
             if in_flight.len() >= CHUNKS_IN_FLIGHT {
                 let Some(front) = in_flight.front_mut() else {
                     continue;
                 };
-                if !self.acknowledged(front, &session.wake, stop).await? {
+                if !self.finished(front, &session.wake, stop).await? {
                     return Ok(());
                 }
                 continue;
@@ -425,10 +426,9 @@ impl Worker {
     }
 
     /// Waits until the events of `chunk` are delivered or queued (its marker set); `false`
-    /// when stopping.
-    /// Also returns (`true`) on a `walhook_backfill` notification, so that a cancel is seen
-    /// while a slow endpoint holds the acknowledgement.
-    async fn acknowledged(
+    /// when stopping. Also returns (`true`) on a `walhook_backfill` notification, so that a
+    /// cancel is seen while a slow endpoint holds the chunk's events.
+    async fn finished(
         &self,
         chunk: &mut InFlight,
         wake: &Notify,
@@ -456,8 +456,8 @@ impl Worker {
     }
 
     /// Stores the progress of the in-flight chunks at the front whose events are all
-    /// delivered or queued (their markers set), in chunk order; `false` when the backfill ended (done, or no longer
-    /// running).
+    /// delivered or queued (their markers set), in chunk order; `false` when the backfill
+    /// ended (done, or no longer running).
     async fn settle(
         &self,
         client: &Client,

@@ -302,10 +302,6 @@ impl Sender {
 
     /// Sends one message and classifies the result; never panics, never hangs past timeout.
     pub async fn send(&self, message: &Message<'_>) -> Outcome {
-        let failed = |error: String| Outcome::Failed {
-            error,
-            retry_after: None,
-        };
         let target = message.target;
         let url = match &target.url {
             Ok(url) => url,
@@ -351,15 +347,11 @@ impl Sender {
             .body(message.body.clone());
         // Boxed: reqwest's futures are large, and every job's future would carry their
         // size even when it takes the direct path.
-        Box::pin(async move { self.answer(request).await }).await
+        Box::pin(self.answer(request)).await
     }
 
     /// Sends a reqwest request and reads what the outcome needs of its answer.
     async fn answer(&self, request: reqwest::RequestBuilder) -> Outcome {
-        let failed = |error: String| Outcome::Failed {
-            error,
-            retry_after: None,
-        };
         match request.send().await {
             Ok(mut response) => {
                 let status = response.status().as_u16();
@@ -399,6 +391,14 @@ fn signed(headers: &mut HeaderMap, id: &str, timestamp: i64, signature: &str) {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(name, value);
         }
+    }
+}
+
+/// A failed attempt with `error` and no `Retry-After`.
+fn failed(error: String) -> Outcome {
+    Outcome::Failed {
+        error,
+        retry_after: None,
     }
 }
 

@@ -95,7 +95,7 @@ impl Delivery {
                         while let Some(route) = routes.next() {
                             shared |= routes.peek().is_some();
                             let Some(tx) = watermark.add_job() else { break };
-                            let (job, next) = self.chain(route.clone(), event.clone(), (outstanding, shared));
+                            let (job, next) = self.chain(route.clone(), event.clone(), outstanding, shared);
                             outstanding += 1;
                             self.load.set(outstanding);
                             let done = Done::new(next, tx, job.sub.clone(), done_tx.clone());
@@ -131,7 +131,8 @@ impl Delivery {
         &self,
         route: Arc<Route>,
         event: Arc<Event>,
-        (outstanding, shared): (usize, bool),
+        outstanding: usize,
+        shared: bool,
     ) -> (Job, oneshot::Sender<bool>) {
         let id = route.subscription.id;
         let sub = self.sub(id);

@@ -176,15 +176,7 @@ impl Load {
 
     /// Waits until at most [`Self::EASED`] jobs are in memory.
     pub async fn eased(&self) {
-        loop {
-            let notified = self.eased.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.outstanding() <= Self::EASED {
-                return;
-            }
-            notified.await;
-        }
+        crate::change::notified_until(&self.eased, || self.outstanding() <= Self::EASED).await;
     }
 
     /// The dispatcher's count changed to `n`.

@@ -22,6 +22,66 @@ use crate::subscriptions::routing::Route;
 /// Claimed rows or batches served at once, over all subscriptions.
 const MAX_RETRIES_RUNNING: usize = 256;
 
+/// The retries being served, and how many of them each subscription has.
+#[derive(Default)]
+struct Running {
+    tasks: tokio::task::JoinSet<uuid::Uuid>,
+    per_sub: HashMap<uuid::Uuid, usize>,
+}
+
+impl Running {
+    /// Serves `work`, a retry of subscription `sub`.
+    fn spawn(&mut self, sub: uuid::Uuid, work: impl Future<Output = ()> + Send + 'static) {
+        *self.per_sub.entry(sub).or_default() += 1;
+        self.tasks.spawn(async move {
+            work.await;
+            sub
+        });
+    }
+
+    /// Counts out the retries that ended.
+    fn reap(&mut self) {
+        while let Some(ended) = self.tasks.try_join_next() {
+            self.ended(ended);
+        }
+    }
+
+    /// Waits for a retry to end and counts it out; `false` when none is running.
+    async fn join_next(&mut self) -> bool {
+        match self.tasks.join_next().await {
+            Some(ended) => {
+                self.ended(ended);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn ended(&mut self, ended: Result<uuid::Uuid, tokio::task::JoinError>) {
+        let Ok(sub) = ended else { return };
+        if let Some(n) = self.per_sub.get_mut(&sub) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_sub.remove(&sub);
+            }
+        }
+    }
+
+    /// Whether [`MAX_RETRIES_RUNNING`] are running.
+    fn full(&self) -> bool {
+        self.tasks.len() >= MAX_RETRIES_RUNNING
+    }
+
+    /// The subscriptions with `slots` or more retries running.
+    fn saturated(&self, slots: usize) -> Vec<uuid::Uuid> {
+        self.per_sub
+            .iter()
+            .filter(|&(_, &n)| n >= slots)
+            .map(|(&sub, _)| sub)
+            .collect()
+    }
+}
+
 /// A claimed queue row, or the rows of a claimed batch, to be sent again.
 pub(super) struct Retry<'a> {
     pub(super) sub_id: uuid::Uuid,
@@ -41,88 +101,51 @@ impl Delivery {
     /// running as it has request slots is not claimed for until one ends: a slow endpoint's
     /// backlog never takes the places of another subscription's due rows.
     pub async fn run_retries(self: Arc<Self>, stop: CancellationToken) {
-        let mut running = tokio::task::JoinSet::new();
-        let mut per_sub: HashMap<uuid::Uuid, usize> = HashMap::new();
-        let full = self.config.max_in_flight.max(1);
-        let ended = |per_sub: &mut HashMap<uuid::Uuid, usize>, sub: uuid::Uuid| {
-            if let Some(n) = per_sub.get_mut(&sub) {
-                *n -= 1;
-                if *n == 0 {
-                    per_sub.remove(&sub);
-                }
-            }
-        };
+        let mut running = Running::default();
+        let slots = self.config.max_in_flight.max(1);
         while !stop.is_cancelled() {
-            while let Some(result) = running.try_join_next() {
-                if let Ok(sub) = result {
-                    ended(&mut per_sub, sub);
+            running.reap();
+            let skip = running.saturated(slots);
+            let mut claimed = false;
+            if !running.full() {
+                match self.queue.claim_batches(16, self.lease(), &skip).await {
+                    Ok(rows) => {
+                        for batch in rows.chunk_by(|a, b| {
+                            (a.subscription_id, &a.batch_id) == (b.subscription_id, &b.batch_id)
+                        }) {
+                            claimed = true;
+                            let work = self.clone().retry_batch(batch.to_vec(), stop.clone());
+                            running.spawn(batch[0].subscription_id, work);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming due batches failed"),
                 }
             }
-            let skip: Vec<uuid::Uuid> = per_sub
-                .iter()
-                .filter(|&(_, &n)| n >= full)
-                .map(|(&sub, _)| sub)
-                .collect();
-            let mut claimed_any = false;
-            for batches in [true, false] {
-                if running.len() >= MAX_RETRIES_RUNNING {
-                    break;
-                }
-                let lease = self.lease();
-                let claimed = if batches {
-                    self.queue.claim_batches(16, lease, &skip).await
-                } else {
-                    self.queue.claim_due(64, lease, &skip).await
-                };
-                let rows = match claimed {
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        tracing::warn!(error = %e, batches, "claiming due deliveries failed");
-                        continue;
+            if !running.full() {
+                match self.queue.claim_due(64, self.lease(), &skip).await {
+                    Ok(rows) => {
+                        for row in rows {
+                            claimed = true;
+                            let sub = row.subscription_id;
+                            running.spawn(sub, self.clone().retry_row(row, stop.clone()));
+                        }
                     }
-                };
-                claimed_any |= !rows.is_empty();
-                if batches {
-                    for batch in rows.chunk_by(|a, b| {
-                        (a.subscription_id, &a.batch_id) == (b.subscription_id, &b.batch_id)
-                    }) {
-                        let sub = batch[0].subscription_id;
-                        *per_sub.entry(sub).or_default() += 1;
-                        let work = self.clone().retry_batch(batch.to_vec(), stop.clone());
-                        running.spawn(async move {
-                            work.await;
-                            sub
-                        });
-                    }
-                } else {
-                    for row in rows {
-                        let sub = row.subscription_id;
-                        *per_sub.entry(sub).or_default() += 1;
-                        let work = self.clone().retry_row(row, stop.clone());
-                        running.spawn(async move {
-                            work.await;
-                            sub
-                        });
-                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming due deliveries failed"),
                 }
             }
-            if claimed_any {
+            if claimed {
                 continue;
             }
             // Nothing claimable now. While a subscription was skipped (or the limit was
             // reached), the end of one of its retries may make room before the next poll.
-            let waiting = !skip.is_empty() || running.len() >= MAX_RETRIES_RUNNING;
+            let waiting = !skip.is_empty() || running.full();
             tokio::select! {
-                Some(result) = running.join_next(), if waiting => {
-                    if let Ok(sub) = result {
-                        ended(&mut per_sub, sub);
-                    }
-                }
+                _ = running.join_next(), if waiting => {}
                 _ = tokio::time::sleep(self.config.retry_poll) => {}
                 _ = stop.cancelled() => {}
             }
         }
-        while running.join_next().await.is_some() {}
+        while running.join_next().await {}
     }
 
     /// Sends one claimed row (not a batch member) again and settles it.
