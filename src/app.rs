@@ -236,6 +236,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         capture.changes,
         config.capture.channel_capacity,
         delivery.load(),
+        config.backfill.max_rows_per_second,
     );
     let backfill_worker = tokio::spawn(
         backfill::Worker::new(

@@ -35,9 +35,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::change::{
     BackfillOrigin, Begin, CaptureMessage, Commit, Op, Origin, Position, Row, RowChange, Settled,
@@ -244,18 +246,58 @@ pub(super) fn row_key(key: &[String], row: &Row) -> String {
     serde_json::to_string(&values).unwrap_or_default()
 }
 
-/// Starts the stage on `changes`, pacing released rows by delivery's `load`; returns the
-/// stream for `Delivery::run` and the handle the worker uses. The output channel has the
-/// same capacity as the input, and at least room for one released slice's frame.
+/// Starts the stage on `changes`, pacing released rows by delivery's `load` and at most
+/// `max_rows_per_second` (0: no limit); returns the stream for `Delivery::run` and the
+/// handle the worker uses. The output channel has the same capacity as the input, and at
+/// least room for one released slice's frame.
 pub fn interleave(
     changes: mpsc::Receiver<CaptureMessage>,
     capacity: usize,
     load: Arc<Load>,
+    max_rows_per_second: u64,
 ) -> (mpsc::Receiver<CaptureMessage>, Interleave) {
     let (tx, rx) = mpsc::channel(capacity.max(SLICE + 2));
     let handle = Interleave::default();
-    tokio::spawn(run(changes, tx, handle.clone(), load));
+    let spacing = Spacing::new(max_rows_per_second);
+    tokio::spawn(run(changes, tx, handle.clone(), load, spacing));
     (rx, handle)
+}
+
+/// When the next released slice may go out: slices are spread evenly at the backfill rate
+/// rather than sent in bursts (a chunk read at once would otherwise go out as fast as
+/// delivery takes it, and live events would wait behind that burst for CPU).
+struct Spacing {
+    /// Time per released row (`None`: no limit).
+    per_row: Option<Duration>,
+    /// The earliest moment of the next release.
+    next: Instant,
+}
+
+impl Spacing {
+    fn new(max_rows_per_second: u64) -> Spacing {
+        Spacing {
+            per_row: (max_rows_per_second > 0)
+                .then(|| Duration::from_secs_f64(1.0 / max_rows_per_second as f64)),
+            next: Instant::now(),
+        }
+    }
+
+    /// Waits until the next slice may go out.
+    async fn wait(&self) {
+        if self.per_row.is_some() {
+            tokio::time::sleep_until(self.next).await;
+        }
+    }
+
+    /// `rows` went out at `now`: the next slice is due that many rows' time later (a
+    /// release late by more than one slice's time does not earn a burst).
+    fn released(&mut self, rows: usize, now: Instant) {
+        if let Some(per_row) = self.per_row {
+            let slice = per_row * SLICE as u32;
+            let from = self.next.max(now.checked_sub(slice).unwrap_or(now));
+            self.next = from + per_row * rows as u32;
+        }
+    }
 }
 
 /// Rows of a chunk past its HIGH watermark still to be emitted (see [`run`]).
@@ -374,9 +416,10 @@ const SLICE: usize = 64;
 /// The stage's loop. A chunk's surviving rows are not put into the stream at once at its
 /// HIGH watermark (a chunk is a burst of up to `chunk_size` events that later live changes
 /// would wait behind): they are kept and released [`SLICE`] at a time, in frames of their
-/// own, only while the output channel is empty (delivery has taken every live message the
-/// stage passed on) and delivery holds at most [`Load::EASED`] jobs in memory (backfilled
-/// events never fill its budget ahead of live ones). A live change of a row still kept
+/// own, spread evenly at the backfill rate ([`Spacing`]), and only while the output
+/// channel is empty (delivery has taken every live message the stage passed on) and
+/// delivery holds at most [`Load::EASED`] jobs in memory (backfilled events never fill its
+/// budget ahead of live ones). A live change of a row still kept
 /// takes that row out first, just before the change in the change's own frame, so a row's
 /// backfill image always goes out before the row's newer live events. A chunk is reported
 /// done after the frame that carried its last row, with a [`CaptureMessage::Settled`]
@@ -388,6 +431,7 @@ async fn run(
     output: mpsc::Sender<CaptureMessage>,
     handle: Interleave,
     load: Arc<Load>,
+    mut spacing: Spacing,
 ) {
     let mut stage = Stage::default();
     let mut batch = Vec::with_capacity(BATCH);
@@ -399,11 +443,13 @@ async fn run(
                 biased;
                 n = input.recv_many(&mut batch, BATCH) => n,
                 permits = async {
+                    spacing.wait().await;
                     load.eased().await;
                     output.reserve_many(output.max_capacity()).await
                 } => {
                     let Ok(permits) = permits else { return };
                     let rows = stage.slice(SLICE);
+                    spacing.released(rows.len(), Instant::now());
                     if release(&mut stage, rows, permits).is_err() {
                         return;
                     }
@@ -696,10 +742,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn released_slices_are_spread_at_the_rate_without_a_catch_up_burst() {
+        // 6,400 rows/s: a slice of 64 every 10 ms.
+        let ms = Duration::from_millis;
+        let mut spacing = Spacing::new(6_400);
+        let start = spacing.next;
+        assert!(start <= Instant::now());
+        spacing.released(SLICE, start);
+        assert_eq!(spacing.next, start + ms(10));
+        // A short slice earns a shorter gap.
+        spacing.released(SLICE / 2, start + ms(10));
+        assert_eq!(spacing.next, start + ms(15));
+        // Released late, after a second of nothing: the next slice is due one slice's time
+        // after the late one at most, however long the pause was.
+        let late = start + ms(1_015);
+        spacing.released(SLICE, late);
+        assert_eq!(spacing.next, late);
+        spacing.released(SLICE, late);
+        assert_eq!(spacing.next, late + ms(10));
+        // No limit: never due later.
+        let mut free = Spacing::new(0);
+        let before = free.next;
+        free.released(SLICE, late);
+        assert_eq!(free.next, before);
+    }
+
     #[tokio::test]
     async fn kept_rows_go_out_before_a_live_change_of_them_and_in_slices_when_idle() {
         let (input, rx) = mpsc::channel(1_000);
-        let (mut out, handle) = interleave(rx, 1_000, Arc::default());
+        let (mut out, handle) = interleave(rx, 1_000, Arc::default(), 0);
         let origin = Arc::new(BackfillOrigin {
             id: uuid::Uuid::nil(),
             subscription: None,

@@ -1,7 +1,7 @@
 //! The HTTP sender: Standard Webhooks headers, no redirects, a timeout, the SSRF guard, no
 //! environment proxies. Cleartext `http://` targets (no `delivery.proxy`, no `http2`) go over
-//! HTTP/1.1 on hyper directly ([`super::direct`]: keep-alive connections per host, headers
-//! prepared per routing build); `https://` targets, h2c targets and everything behind
+//! HTTP/1.1 written on the socket directly ([`super::direct`]: keep-alive connections per
+//! host, the request head prepared per routing build); `https://` targets, h2c targets and everything behind
 //! `delivery.proxy` go through one pooled reqwest client (rustls, HTTP/2 by ALPN) or its
 //! prior-knowledge twin.
 //!
@@ -101,7 +101,7 @@ pub struct Target {
     /// Cleartext HTTP/2 with prior knowledge for an `http://` URL (the subscription's
     /// `http2`); `https://` targets negotiate HTTP/2 by ALPN whatever it says.
     h2c: bool,
-    /// An `http://` target sent to over hyper directly (HTTP/1.1), its headers prepared.
+    /// An `http://` target sent to directly (HTTP/1.1 on the socket), its head prepared.
     direct: Option<Endpoint>,
 }
 
@@ -317,12 +317,15 @@ impl Sender {
         let timestamp = chrono::Utc::now().timestamp();
         let signature = key.sign(message.id, timestamp, &message.body);
         if let (Some(endpoint), Some(pool)) = (&target.direct, &self.direct) {
-            let mut headers = endpoint.base.clone();
-            signed(&mut headers, message.id, timestamp, &signature);
+            let signed = direct::Signed {
+                id: message.id,
+                timestamp,
+                signature: &signature,
+            };
             let exchange = pool.post(
                 endpoint,
-                headers,
-                message.body.clone(),
+                signed,
+                &message.body,
                 (MAX_ERROR_TEXT, MAX_RESPONSE_BODY),
                 DRAIN_SUCCESS,
             );

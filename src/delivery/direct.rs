@@ -1,50 +1,52 @@
-//! HTTP/1.1 on hyper directly, for cleartext `http://` targets when no `delivery.proxy` is
-//! set and the subscription did not opt into HTTP/2: the per-request path without reqwest's
-//! layers (request builder, tower stack, pool checkout through a shared lock per request).
+//! HTTP/1.1 written and read directly on a TCP stream, for cleartext `http://` targets when
+//! no `delivery.proxy` is set and the subscription did not opt into HTTP/2: the per-request
+//! path without a general HTTP client's layers (request objects, header maps, a connection
+//! task and the channels to it).
 //!
 //! ```text
-//! Endpoint (prepared per routing build: host, port, origin-form path, base headers)
+//! Endpoint (prepared per routing build: host, port, the request line and fixed headers
+//!           as bytes)
 //!   ─▶ Pool::post: an idle keep-alive connection of that host:port, or a new one
 //!        (names resolved here; with private targets refused, every resolved address is
 //!         checked by the guard and only allowed ones are connected to)
-//!   ─▶ one request ─▶ status, Retry-After, the first bytes of the body
-//!   ─▶ the connection back to the idle list when the response was read to its end
+//!   ─▶ one write: fixed head + webhook-id/-timestamp/-signature + content-length + body
+//!   ─▶ the answer parsed (httparse) from the connection's own read buffer: status,
+//!        Retry-After, the first bytes of the body (by content-length, chunked, or to the
+//!        close)
+//!   ─▶ the connection back to the idle list when the answer was read to its end and
+//!        nothing says it closes
 //! ```
 //!
-//! The exchange drives its connection itself: request, answer and body are read in the
-//! task that awaits them, with no connection task between (one wake-up per answer instead
-//! of three hops through channels). An idle connection is driven by nobody; taking it polls
-//! it once, which notices a close by the server.
-//!
-//! The bounds of the reqwest path hold here too: at most [`MAX_RESPONSE_HEADERS`] response
-//! headers, at most `cap` bytes of a body read, and the caller bounds the whole exchange by
-//! the delivery timeout. A connection whose response was not read to the end is dropped,
-//! never reused. A request that a reused connection could not even start (closed by the
-//! server while idle) is sent once more on a fresh connection.
+//! Bounds: at most [`MAX_RESPONSE_HEADERS`] response headers and [`MAX_HEAD`] bytes of
+//! response head, at most `cap` bytes of a body read; the caller bounds the whole exchange
+//! by the delivery timeout. A connection whose answer was not read to its end (or that
+//! carries bytes past it) is dropped, never reused. A request on a reused connection that
+//! got no byte of an answer (the server had closed it while idle) is sent once more on
+//! another connection: at least once, as every retry.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::http::{HeaderMap, HeaderValue, Method, Request, Uri};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use reqwest::header::{HeaderMap, HeaderValue};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::client::innermost;
 use super::guard;
 
 /// Most response headers accepted; more fails the attempt (as on the reqwest path).
 pub(super) const MAX_RESPONSE_HEADERS: usize = 64;
 
+/// Largest response head (status line, headers; also a chunk-size or trailer line) read.
+pub(super) const MAX_HEAD: usize = 64 * 1024;
+
 /// Idle keep-alive connections kept per host:port.
 const MAX_IDLE_PER_HOST: usize = 64;
+
+/// Bodies up to this size are copied behind the head and written in one call; larger ones
+/// are written on their own after it.
+const INLINE_BODY: usize = 64 * 1024;
 
 /// A cleartext target, prepared once per routing build.
 #[derive(Debug, Clone)]
@@ -54,15 +56,15 @@ pub(super) struct Endpoint {
     port: u16,
     /// `host:port`, the idle list's key.
     authority: Arc<str>,
-    /// The request target in origin form (path and query).
-    path: Uri,
-    /// `host`, `content-type`, `user-agent` and the subscription's extra headers.
-    pub(super) base: HeaderMap,
+    /// `POST <path> HTTP/1.1`, then `host`, `content-type`, `user-agent` and the
+    /// subscription's extra headers, each line ended by CRLF.
+    head: Arc<[u8]>,
 }
 
 impl Endpoint {
-    /// The endpoint of an `http://` URL, with `extra` headers; `None` for other schemes or a
-    /// URL hyper cannot take as it is (those keep the reqwest path).
+    /// The endpoint of an `http://` URL, with `extra` headers (which replace the fixed ones
+    /// of the same name); `None` for other schemes or a URL that cannot be written as a
+    /// request line as it is (those keep the reqwest path).
     pub(super) fn new(url: &reqwest::Url, extra: &HeaderMap) -> Option<Endpoint> {
         if url.scheme() != "http" {
             return None;
@@ -77,24 +79,48 @@ impl Endpoint {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_owned(),
         };
-        let mut base = HeaderMap::with_capacity(8 + extra.len());
-        base.insert("host", HeaderValue::from_str(&authority).ok()?);
-        base.insert("content-type", HeaderValue::from_static("application/json"));
-        base.insert(
+        if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return None;
+        }
+        let mut fixed = HeaderMap::with_capacity(3 + extra.len());
+        fixed.insert("host", HeaderValue::from_str(&authority).ok()?);
+        fixed.insert("content-type", HeaderValue::from_static("application/json"));
+        fixed.insert(
             "user-agent",
             HeaderValue::from_static(concat!("walhook/", env!("CARGO_PKG_VERSION"))),
         );
         for (name, value) in extra {
-            base.insert(name, value.clone());
+            fixed.insert(name, value.clone());
+        }
+        let mut head = format!("POST {path} HTTP/1.1\r\n").into_bytes();
+        for (name, value) in &fixed {
+            header(&mut head, name.as_str(), value.as_bytes());
         }
         Some(Endpoint {
             host: Arc::from(host),
             port,
             authority: Arc::from(format!("{host}:{port}")),
-            path: path.parse().ok()?,
-            base,
+            head: Arc::from(head),
         })
     }
+}
+
+/// Appends `name: value` CRLF.
+fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The Standard Webhooks headers of one request.
+pub(super) struct Signed<'a> {
+    /// `webhook-id`.
+    pub(super) id: &'a str,
+    /// `webhook-timestamp`, in seconds.
+    pub(super) timestamp: i64,
+    /// `webhook-signature`.
+    pub(super) signature: &'a str,
 }
 
 /// What an endpoint answered.
@@ -110,61 +136,337 @@ pub(super) struct Answer {
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum DirectError {
-    /// No connection could be made (name resolution, the guard, TCP connect, handshake).
+    /// No connection could be made (name resolution, the guard, TCP connect).
     #[error("connect: {0}")]
     Connect(String),
-    /// The request or its response broke off.
+    /// The request or its answer broke off, or the answer was not HTTP/1.1.
     #[error("request: {0}")]
     Request(String),
 }
 
-/// The request body: one buffer, sent as is with its length.
-struct OneShot(Option<Bytes>);
-
-impl Body for OneShot {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.get_mut().0.take().map(|b| Ok(Frame::data(b))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.len() as u64))
-    }
+/// How one exchange on a connection failed.
+enum Failure {
+    /// Not a byte of an answer came back: on a reused connection (closed by the server
+    /// while idle), the request is sent again on another one.
+    Unanswered(String),
+    /// The answer broke off or was malformed.
+    Broken(String),
 }
 
-/// One keep-alive HTTP/1.1 connection: the handle requests go in by, and the connection
-/// itself, driven by whichever exchange uses it (`None` once it ended).
-struct Conn {
-    sender: SendRequest<OneShot>,
-    driver: Option<Connection<TokioIo<TcpStream>, OneShot>>,
+/// How the body of an answer is delimited.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    /// No body (204, 304).
+    Empty,
+    /// `content-length` bytes.
+    Length(u64),
+    /// `transfer-encoding: chunked`.
+    Chunked,
+    /// Until the server closes the connection.
+    UntilClose,
 }
 
-/// Awaits `work` while driving the connection whose progress it needs: both are polled in
-/// the caller's task. The connection ending (closed, broken) ends `work` too, through its
-/// channels.
-async fn driving<F: Future>(
-    driver: &mut Option<Connection<TokioIo<TcpStream>, OneShot>>,
-    work: F,
-) -> F::Output {
-    let mut work = std::pin::pin!(work);
-    std::future::poll_fn(|cx| {
-        if let Some(connection) = driver
-            && Pin::new(connection).poll(cx).is_ready()
-        {
-            *driver = None;
+/// The parts of a response head delivery uses.
+#[derive(Debug)]
+struct Head {
+    status: u16,
+    retry_after: Option<String>,
+    framing: Framing,
+    /// The connection ends after this answer.
+    close: bool,
+}
+
+/// Parses a response head at the start of `buf`: the head and its length, `None` while
+/// incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Failure> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Failure::Broken(format!(
+                "more than {MAX_RESPONSE_HEADERS} response headers"
+            )));
         }
-        work.as_mut().poll(cx)
-    })
-    .await
+        Err(e) => return Err(Failure::Broken(format!("invalid HTTP/1.1 answer: {e}"))),
+    };
+    let status = response.code.unwrap_or_default();
+    let mut head = Head {
+        status,
+        retry_after: None,
+        framing: Framing::UntilClose,
+        close: response.version == Some(0),
+    };
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    for h in response.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or_default().trim();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| length.is_none_or(|l| l == *n));
+            length = Some(n.ok_or_else(|| Failure::Broken("invalid content-length".into()))?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked only when it is the last coding applied.
+            let last = value.rsplit(',').next().unwrap_or_default().trim();
+            chunked = Some(last.eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            head.close |= value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        } else if h.name.eq_ignore_ascii_case("retry-after")
+            && h.value.len() <= super::retry::MAX_RETRY_AFTER_LEN
+            && !value.is_empty()
+        {
+            head.retry_after = Some(value.to_owned());
+        }
+    }
+    head.framing = match (status, chunked, length) {
+        (204 | 304, _, _) => Framing::Empty,
+        (_, Some(true), _) => Framing::Chunked,
+        (_, Some(false), _) => Framing::UntilClose,
+        (_, None, Some(n)) => Framing::Length(n),
+        (_, None, None) => Framing::UntilClose,
+    };
+    head.close |= head.framing == Framing::UntilClose || status == 101;
+    Ok(Some((head, len)))
+}
+
+/// One keep-alive HTTP/1.1 connection with its buffers (kept across requests).
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not consumed yet.
+    read: BytesMut,
+    /// The request being written.
+    write: Vec<u8>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            read: BytesMut::with_capacity(8 * 1024),
+            write: Vec::with_capacity(2 * 1024),
+        }
+    }
+
+    /// Reads more into the buffer; `false` at the end of the stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        if self.read.capacity() - self.read.len() < 1024 {
+            self.read.reserve(8 * 1024);
+        }
+        Ok(self.stream.read_buf(&mut self.read).await? > 0)
+    }
+
+    /// Like [`Self::fill`], the end of the stream being a broken answer.
+    async fn more(&mut self) -> Result<(), Failure> {
+        match self.fill().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Failure::Broken(
+                "connection closed inside the answer".into(),
+            )),
+            Err(e) => Err(Failure::Broken(e.to_string())),
+        }
+    }
+
+    /// One request and its answer: the answer, and whether the connection may be reused.
+    async fn exchange(
+        &mut self,
+        endpoint: &Endpoint,
+        signed: &Signed<'_>,
+        body: &[u8],
+        (cap, success_cap): (usize, usize),
+        drain: Duration,
+    ) -> Result<(Answer, bool), Failure> {
+        self.write.clear();
+        self.write.extend_from_slice(&endpoint.head);
+        for (name, value) in [
+            ("webhook-id", signed.id),
+            ("webhook-signature", signed.signature),
+        ] {
+            // As a header value would be refused: such a header is left out.
+            if value
+                .bytes()
+                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+            {
+                header(&mut self.write, name, value.as_bytes());
+            }
+        }
+        header(
+            &mut self.write,
+            "webhook-timestamp",
+            signed.timestamp.to_string().as_bytes(),
+        );
+        header(
+            &mut self.write,
+            "content-length",
+            body.len().to_string().as_bytes(),
+        );
+        self.write.extend_from_slice(b"\r\n");
+        let written = if body.len() <= INLINE_BODY {
+            self.write.extend_from_slice(body);
+            self.stream.write_all(&self.write).await
+        } else {
+            match self.stream.write_all(&self.write).await {
+                Ok(()) => self.stream.write_all(body).await,
+                Err(e) => Err(e),
+            }
+        };
+        written.map_err(|e| Failure::Unanswered(e.to_string()))?;
+        let head = self.head().await?;
+        let (start, ended) = if (200..300).contains(&head.status) {
+            tokio::time::timeout(drain, self.body(head.framing, success_cap))
+                .await
+                .unwrap_or((Bytes::new(), false))
+        } else {
+            self.body(head.framing, cap).await
+        };
+        let reusable = ended && !head.close && self.read.is_empty();
+        let answer = Answer {
+            status: head.status,
+            retry_after: head.retry_after,
+            start,
+        };
+        Ok((answer, reusable))
+    }
+
+    /// Reads the final response head (informational 1xx answers skipped).
+    async fn head(&mut self) -> Result<Head, Failure> {
+        let mut answered = !self.read.is_empty();
+        loop {
+            if let Some((head, len)) = parse_head(&self.read)? {
+                self.read.advance(len);
+                if (100..200).contains(&head.status) && head.status != 101 {
+                    continue;
+                }
+                return Ok(head);
+            }
+            if self.read.len() > MAX_HEAD {
+                return Err(Failure::Broken(format!(
+                    "response head larger than {MAX_HEAD} bytes"
+                )));
+            }
+            match self.fill().await {
+                Ok(true) => answered = true,
+                Ok(false) if !answered => {
+                    return Err(Failure::Unanswered(
+                        "connection closed before an answer".into(),
+                    ));
+                }
+                Err(e) if !answered => return Err(Failure::Unanswered(e.to_string())),
+                Ok(false) => {
+                    return Err(Failure::Broken(
+                        "connection closed inside the answer".into(),
+                    ));
+                }
+                Err(e) => return Err(Failure::Broken(e.to_string())),
+            }
+        }
+    }
+
+    /// Reads a body, keeping at most `cap` bytes of it; whether it was read to its end
+    /// (reading stops once more than `cap` bytes came; a broken body ends the same way).
+    async fn body(&mut self, framing: Framing, cap: usize) -> (Bytes, bool) {
+        let mut kept = BytesMut::new();
+        let ended = match framing {
+            Framing::Empty => Ok(true),
+            Framing::Length(n) => self.counted(n, &mut kept, cap).await,
+            Framing::Chunked => self.chunked(&mut kept, cap).await,
+            Framing::UntilClose => loop {
+                self.keep(self.read.len() as u64, &mut kept, cap);
+                if kept.len() >= cap {
+                    break Ok(false);
+                }
+                match self.fill().await {
+                    Ok(true) => {}
+                    Ok(false) => break Ok(true),
+                    Err(e) => break Err(Failure::Broken(e.to_string())),
+                }
+            },
+        };
+        (kept.freeze(), ended.unwrap_or(false))
+    }
+
+    /// Consumes up to `n` buffered bytes, keeping what fits within `cap`; how many it took.
+    fn keep(&mut self, n: u64, kept: &mut BytesMut, cap: usize) -> u64 {
+        let take = self
+            .read
+            .len()
+            .min(usize::try_from(n).unwrap_or(usize::MAX));
+        let room = cap.saturating_sub(kept.len()).min(take);
+        kept.extend_from_slice(&self.read[..room]);
+        self.read.advance(take);
+        take as u64
+    }
+
+    /// `n` bytes of body (content-length, or one chunk's data).
+    async fn counted(
+        &mut self,
+        mut n: u64,
+        kept: &mut BytesMut,
+        cap: usize,
+    ) -> Result<bool, Failure> {
+        loop {
+            n -= self.keep(n, kept, cap);
+            if n == 0 {
+                return Ok(true);
+            }
+            if kept.len() >= cap {
+                return Ok(false);
+            }
+            self.more().await?;
+        }
+    }
+
+    /// A chunked body, trailers skipped.
+    async fn chunked(&mut self, kept: &mut BytesMut, cap: usize) -> Result<bool, Failure> {
+        loop {
+            let (line, size) = loop {
+                match httparse::parse_chunk_size(&self.read) {
+                    Ok(httparse::Status::Complete(found)) => break found,
+                    Ok(httparse::Status::Partial) if self.read.len() <= MAX_HEAD => {
+                        self.more().await?
+                    }
+                    _ => return Err(Failure::Broken("invalid chunk size".into())),
+                }
+            };
+            self.read.advance(line);
+            if size == 0 {
+                return self.trailers().await.map(|()| true);
+            }
+            if !self.counted(size, kept, cap).await? {
+                return Ok(false);
+            }
+            while self.read.len() < 2 {
+                self.more().await?;
+            }
+            if &self.read[..2] != b"\r\n" {
+                return Err(Failure::Broken("invalid chunk".into()));
+            }
+            self.read.advance(2);
+        }
+    }
+
+    /// The trailer section of a chunked body, up to its empty line.
+    async fn trailers(&mut self) -> Result<(), Failure> {
+        let mut skipped = 0;
+        loop {
+            match self.read.windows(2).position(|w| w == b"\r\n") {
+                Some(0) => {
+                    self.read.advance(2);
+                    return Ok(());
+                }
+                Some(at) => {
+                    skipped += at + 2;
+                    self.read.advance(at + 2);
+                }
+                None if skipped + self.read.len() <= MAX_HEAD => self.more().await?,
+                None => return Err(Failure::Broken("trailers too large".into())),
+            }
+        }
+    }
 }
 
 /// Keep-alive HTTP/1.1 connections per host:port.
@@ -184,82 +486,46 @@ impl Pool {
         }
     }
 
-    /// POSTs `body` with `headers` to `endpoint` and reads at most `cap` bytes of a failure's
+    /// POSTs `body`, signed, to `endpoint` and reads at most `cap` bytes of a failure's
     /// body, or of a 2xx's at most `success_cap` for at most `drain` (a success's body is
     /// only drained so the connection can be reused). The caller bounds the whole exchange.
     pub(super) async fn post(
         &self,
         endpoint: &Endpoint,
-        headers: HeaderMap,
-        body: Bytes,
-        (cap, success_cap): (usize, usize),
+        signed: Signed<'_>,
+        body: &[u8],
+        caps: (usize, usize),
         drain: Duration,
     ) -> Result<Answer, DirectError> {
-        let mut request = Request::new(OneShot(Some(body)));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = endpoint.path.clone();
-        *request.headers_mut() = headers;
-        let (mut conn, response) = loop {
-            let (mut conn, reused) = match self.take(&endpoint.authority).await {
+        loop {
+            let (mut conn, reused) = match self.take(&endpoint.authority) {
                 Some(conn) => (conn, true),
                 // Rare (connections are kept): boxed, so the hot path's future stays small.
                 None => (Box::pin(self.connect(endpoint)).await?, false),
             };
-            let sent = conn.sender.try_send_request(request);
-            match driving(&mut conn.driver, sent).await {
-                Ok(response) => break (conn, response),
-                Err(mut e) => match e.take_message() {
-                    // Never started on an idle connection the server had closed: again,
-                    // on a fresh one.
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(DirectError::Request(innermost(e.error()))),
-                },
+            match conn.exchange(endpoint, &signed, body, caps, drain).await {
+                Ok((answer, reusable)) => {
+                    if reusable {
+                        self.put(&endpoint.authority, conn);
+                    }
+                    return Ok(answer);
+                }
+                // Closed by the server while idle: again, on another connection.
+                Err(Failure::Unanswered(_)) if reused => continue,
+                Err(Failure::Unanswered(e) | Failure::Broken(e)) => {
+                    return Err(DirectError::Request(e));
+                }
             }
-        };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .filter(|v| v.len() <= super::retry::MAX_RETRY_AFTER_LEN)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let mut incoming = response.into_body();
-        let (start, ended) = if incoming.is_end_stream() {
-            (Bytes::new(), true)
-        } else if (200..300).contains(&status) {
-            let read = driving(&mut conn.driver, read_start(&mut incoming, success_cap));
-            tokio::time::timeout(drain, read)
-                .await
-                .unwrap_or((Bytes::new(), false))
-        } else {
-            driving(&mut conn.driver, read_start(&mut incoming, cap)).await
-        };
-        drop(incoming);
-        if ended && conn.driver.is_some() && !conn.sender.is_closed() {
-            self.put(&endpoint.authority, conn);
         }
-        Ok(Answer {
-            status,
-            retry_after,
-            start,
-        })
     }
 
-    /// An idle connection of `authority` that is still open and ready for a request
-    /// (driving it finishes the previous exchange and notices a close by the server).
-    async fn take(&self, authority: &str) -> Option<Conn> {
-        loop {
-            let mut conn = self
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get_mut(authority)?
-                .pop()?;
-            let ready = driving(&mut conn.driver, conn.sender.ready()).await;
-            if ready.is_ok() && conn.driver.is_some() && !conn.sender.is_closed() {
-                return Some(conn);
-            }
-        }
+    /// An idle connection of `authority`, the most recently used first.
+    fn take(&self, authority: &str) -> Option<Conn> {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(authority)?
+            .pop()
     }
 
     fn put(&self, authority: &Arc<str>, conn: Conn) {
@@ -293,35 +559,223 @@ impl Pool {
             .await
             .map_err(|_| DirectError::Connect("operation timed out".into()))?
             .map_err(DirectError::Connect)?;
-        let (sender, connection) = http1::Builder::new()
-            .max_headers(MAX_RESPONSE_HEADERS)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| DirectError::Connect(innermost(&e)))?;
-        Ok(Conn {
-            sender,
-            driver: Some(connection),
-        })
+        Ok(Conn::new(stream))
     }
 }
 
-/// Reads at most `cap` bytes of a body; whether it was read to its end.
-async fn read_start(body: &mut Incoming, cap: usize) -> (Bytes, bool) {
-    let mut read = BytesMut::new();
-    loop {
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
-        match frame {
-            Some(Ok(frame)) => {
-                if let Ok(chunk) = frame.into_data() {
-                    let room = cap.saturating_sub(read.len());
-                    read.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    if read.len() >= cap && !body.is_end_stream() {
-                        return (read.freeze(), false);
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A server on 127.0.0.1 that answers the `n`-th request it reads on a connection with
+    /// `answers(n)` (raw bytes), then closes the connection when `close_after` answers were
+    /// sent on it; returns its URL, the requests it read and the connections it accepted.
+    async fn server(
+        answers: fn(usize) -> Vec<u8>,
+        close_after: usize,
+    ) -> (reqwest::Url, Arc<Mutex<Vec<Vec<u8>>>>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook?x=1", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (seen, count) = (requests.clone(), accepted.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    for _ in 0..close_after {
+                        // A request: head up to the empty line, then content-length bytes.
+                        let request = loop {
+                            let mut headers = [httparse::EMPTY_HEADER; 32];
+                            let mut req = httparse::Request::new(&mut headers);
+                            if let Ok(httparse::Status::Complete(len)) = req.parse(&buf) {
+                                let body: usize = req
+                                    .headers
+                                    .iter()
+                                    .find(|h| h.name == "content-length")
+                                    .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                                    .unwrap();
+                                if buf.len() >= len + body {
+                                    break buf.split_to(len + body).to_vec();
+                                }
+                            }
+                            if socket.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                        };
+                        let n = {
+                            let mut seen = seen.lock().unwrap();
+                            seen.push(request);
+                            seen.len()
+                        };
+                        if socket.write_all(&answers(n)).await.is_err() {
+                            return;
+                        }
                     }
-                }
+                });
             }
-            Some(Err(_)) => return (read.freeze(), false),
-            None => return (read.freeze(), true),
+        });
+        (url.parse().unwrap(), requests, accepted)
+    }
+
+    fn prepared(url: &reqwest::Url) -> Endpoint {
+        let mut extra = HeaderMap::new();
+        extra.insert("x-tenant", HeaderValue::from_static("acme"));
+        extra.insert("user-agent", HeaderValue::from_static("custom"));
+        Endpoint::new(url, &extra).unwrap()
+    }
+
+    async fn post(pool: &Pool, endpoint: &Endpoint, body: &[u8]) -> Result<Answer, DirectError> {
+        let signed = Signed {
+            id: "evt_1",
+            timestamp: 1_700_000_000,
+            signature: "v1,abc=",
+        };
+        pool.post(endpoint, signed, body, (16, 4096), Duration::from_secs(1))
+            .await
+    }
+
+    #[tokio::test]
+    async fn writes_one_exact_request_and_reuses_the_connection() {
+        let (url, requests, accepted) = server(
+            |_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+            10,
+        )
+        .await;
+        let pool = Pool::new(true, Duration::from_secs(1));
+        let endpoint = prepared(&url);
+        for _ in 0..3 {
+            let answer = post(&pool, &endpoint, br#"{"a":1}"#).await.unwrap();
+            assert_eq!(answer.status, 200);
+            assert_eq!(&answer.start[..], b"ok");
         }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let authority = url.authority().to_owned();
+        let expected = format!(
+            "POST /hook?x=1 HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\n\
+             user-agent: custom\r\nx-tenant: acme\r\nwebhook-id: evt_1\r\n\
+             webhook-signature: v1,abc=\r\nwebhook-timestamp: 1700000000\r\n\
+             content-length: 7\r\n\r\n{{\"a\":1}}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&requests.lock().unwrap()[0]),
+            expected
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_chunked_bodies_skips_informational_answers_and_keeps_the_cap() {
+        let (url, _, accepted) = server(
+            |n| match n {
+                1 => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Busy\r\nretry-after: 7\r\n\
+                       transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nt: 1\r\n\r\n"
+                    .to_vec(),
+                2 => {
+                    let mut a = b"HTTP/1.1 500 No\r\ncontent-length: 1000000\r\n\r\n".to_vec();
+                    a.extend((0..1_000_000).map(|i| b"0123456789"[i % 10]));
+                    a
+                }
+                _ => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            },
+            10,
+        )
+        .await;
+        let pool = Pool::new(true, Duration::from_secs(1));
+        let endpoint = prepared(&url);
+        let answer = post(&pool, &endpoint, b"{}").await.unwrap();
+        assert_eq!(answer.status, 503);
+        assert_eq!(answer.retry_after.as_deref(), Some("7"));
+        assert_eq!(&answer.start[..], b"hello world");
+        // A body far over the cap: its start kept, the rest not read, the connection not
+        // reused.
+        let answer = post(&pool, &endpoint, b"{}").await.unwrap();
+        assert_eq!(
+            (answer.status, &answer.start[..]),
+            (500, &b"0123456789012345"[..])
+        );
+        let answer = post(&pool, &endpoint, b"{}").await.unwrap();
+        assert_eq!((answer.status, answer.start.len()), (204, 0));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_replaced_and_a_close_is_honoured() {
+        // Each connection answers once and closes, without saying so.
+        let (url, requests, accepted) = server(
+            |_| b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec(),
+            1,
+        )
+        .await;
+        let pool = Pool::new(true, Duration::from_secs(1));
+        let endpoint = prepared(&url);
+        for _ in 0..3 {
+            assert_eq!(post(&pool, &endpoint, b"{}").await.unwrap().status, 200);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(requests.lock().unwrap().len(), 3);
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // `connection: close` and a body up to the close: never reused.
+        let (url, _, accepted) = server(
+            |n| match n % 2 {
+                1 => b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n".to_vec(),
+                _ => b"HTTP/1.0 200 OK\r\n\r\nbye".to_vec(),
+            },
+            1,
+        )
+        .await;
+        let endpoint = prepared(&url);
+        for _ in 0..2 {
+            assert_eq!(post(&pool, &endpoint, b"{}").await.unwrap().status, 200);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn malformed_and_oversized_answers_fail_the_attempt() {
+        let (url, _, _) = server(
+            |n| match n {
+                1 => b"SMTP ready\r\n\r\n".to_vec(),
+                2 => {
+                    let mut a = b"HTTP/1.1 200 OK\r\n".to_vec();
+                    for i in 0..=MAX_RESPONSE_HEADERS {
+                        a.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+                    }
+                    a.extend_from_slice(b"\r\n");
+                    a
+                }
+                _ => {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec()
+                }
+            },
+            1,
+        )
+        .await;
+        let pool = Pool::new(true, Duration::from_secs(1));
+        let endpoint = prepared(&url);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(
+                post(&pool, &endpoint, b"{}")
+                    .await
+                    .err()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        assert_eq!(
+            got,
+            [
+                "request: invalid HTTP/1.1 answer: invalid HTTP version",
+                "request: more than 64 response headers",
+                "request: invalid content-length",
+            ]
+        );
     }
 }

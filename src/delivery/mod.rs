@@ -15,8 +15,8 @@
 //! [`job`] (one event to one subscription: wait for its row's predecessor, a slot, the
 //! attempt), [`spill`] (into the queue table, and the in-memory marks that keep later
 //! events of a row behind it), [`retrier`] (due rows of the table), [`watermark`] (which
-//! transactions may be acknowledged), [`client`] ([`guard`] + [`signing`]; hyper directly
-//! for cleartext HTTP/1.1 targets, reqwest for the others), whose outcome [`retry`] judges.
+//! transactions may be acknowledged), [`client`] ([`guard`] + [`signing`]; HTTP/1.1 on the
+//! socket for cleartext targets, reqwest for the others), whose outcome [`retry`] judges.
 //! A subscription whose endpoint cannot be reached has its [`breaker`] opened: its events
 //! queue without attempts until the next probe.
 //!
