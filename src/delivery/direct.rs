@@ -316,12 +316,20 @@ impl Conn {
         };
         written.map_err(|e| Failure::Unanswered(e.to_string()))?;
         let head = self.head().await?;
-        let (start, ended) = if (200..300).contains(&head.status) {
-            tokio::time::timeout(drain, self.body(head.framing, success_cap))
+        // A success's body is only drained (for reuse), for at most `drain`; no timer when
+        // it was read with the head already.
+        let success = (200..300).contains(&head.status);
+        let buffered = match head.framing {
+            Framing::Empty => true,
+            Framing::Length(n) => n <= self.read.len() as u64,
+            Framing::Chunked | Framing::UntilClose => false,
+        };
+        let (start, ended) = match (success, buffered) {
+            (true, false) => tokio::time::timeout(drain, self.body(head.framing, success_cap))
                 .await
-                .unwrap_or((Bytes::new(), false))
-        } else {
-            self.body(head.framing, cap).await
+                .unwrap_or((Bytes::new(), false)),
+            (true, true) => self.body(head.framing, success_cap).await,
+            (false, _) => self.body(head.framing, cap).await,
         };
         let reusable = ended && !head.close && self.read.is_empty();
         let answer = Answer {
