@@ -1,9 +1,9 @@
 //! The HTTP sender: Standard Webhooks headers, no redirects, a timeout, the SSRF guard, no
 //! environment proxies. Cleartext `http://` targets (no `delivery.proxy`, no `http2`) go over
 //! HTTP/1.1 written on the socket directly ([`super::direct`]: keep-alive connections per
-//! host, the request head prepared per routing build); `https://` targets, h2c targets and everything behind
-//! `delivery.proxy` go through one pooled reqwest client (rustls, HTTP/2 by ALPN) or its
-//! prior-knowledge twin.
+//! host, the request head prepared per routing build); `https://` targets, h2c targets and
+//! everything behind `delivery.proxy` go through one pooled reqwest client (rustls, HTTP/2
+//! by ALPN) or its prior-knowledge twin.
 //!
 //! Everything an endpoint sends back is bounded here: at most [`MAX_RESPONSE_BODY`] bytes
 //! of a body are read (and only the first [`MAX_ERROR_TEXT`] bytes of it kept in an error),

@@ -25,6 +25,7 @@
 //! another connection: at least once, as every retry.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -294,17 +295,13 @@ impl Conn {
                 header(&mut self.write, name, value.as_bytes());
             }
         }
-        header(
-            &mut self.write,
-            "webhook-timestamp",
-            signed.timestamp.to_string().as_bytes(),
+        // Written into the buffer in place: no string per number.
+        let _ = write!(
+            self.write,
+            "webhook-timestamp: {}\r\ncontent-length: {}\r\n\r\n",
+            signed.timestamp,
+            body.len()
         );
-        header(
-            &mut self.write,
-            "content-length",
-            body.len().to_string().as_bytes(),
-        );
-        self.write.extend_from_slice(b"\r\n");
         let written = if body.len() <= INLINE_BODY {
             self.write.extend_from_slice(body);
             self.stream.write_all(&self.write).await
