@@ -53,12 +53,38 @@ impl CommitTime {
         let days = secs.div_euclid(86_400);
         let rem = secs.rem_euclid(86_400);
         let (y, m, d) = civil_from_days(days);
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60
-        )
+        if !(0..=9999).contains(&y) {
+            return format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+                rem / 3600,
+                rem / 60 % 60,
+                rem % 60
+            );
+        }
+        // Digit by digit: this runs once per event.
+        let mut out = String::with_capacity(27);
+        let fields = [
+            (y, 4, '-'),
+            (i64::from(m), 2, '-'),
+            (i64::from(d), 2, 'T'),
+            (rem / 3600, 2, ':'),
+            (rem / 60 % 60, 2, ':'),
+            (rem % 60, 2, '.'),
+            (frac, 6, 'Z'),
+        ];
+        for (value, width, after) in fields {
+            push_decimal(&mut out, value, width);
+            out.push(after);
+        }
+        out
+    }
+}
+
+/// Appends the non-negative `value`'s last `width` decimal digits, zero-padded.
+fn push_decimal(out: &mut String, value: i64, width: u32) {
+    for i in (0..width).rev() {
+        let digit = (value / 10i64.pow(i)) % 10;
+        out.push(char::from(b'0' + digit as u8));
     }
 }
 
@@ -322,6 +348,17 @@ mod tests {
         let t = CommitTime(1_795_409_613_420_316 - 946_684_800_000_000);
         assert_eq!(t.to_rfc3339(), "2026-11-23T04:53:33.420316Z");
         assert_eq!(CommitTime(-1).to_rfc3339(), "1999-12-31T23:59:59.999999Z");
+        // Digit by digit, as chrono prints it, across the years a commit can have.
+        let mut micros = -CommitTime::UNIX_OFFSET_MICROS;
+        while micros < 9_000_000_000_000_000 {
+            let expected =
+                chrono::DateTime::from_timestamp_micros(micros + CommitTime::UNIX_OFFSET_MICROS)
+                    .unwrap()
+                    .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                    .to_string();
+            assert_eq!(CommitTime(micros).to_rfc3339(), expected);
+            micros += 3_141_592_653_589_793 / 977;
+        }
     }
 
     #[test]

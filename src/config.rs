@@ -48,6 +48,38 @@ pub struct Config {
     pub log: LogSection,
     /// Backfills.
     pub backfill: BackfillSection,
+    /// The process's threads.
+    pub runtime: RuntimeSection,
+}
+
+/// `[runtime]`: the threads of the process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// Worker threads of the async runtime; 0: one per core.
+    pub worker_threads: usize,
+}
+
+/// Most worker threads `runtime.worker_threads` accepts.
+const MAX_WORKER_THREADS: usize = 256;
+
+impl RuntimeSection {
+    /// The worker threads to start, validated (0: [`default_worker_threads`]).
+    pub fn worker_threads(&self) -> Result<usize, ConfigError> {
+        match self.worker_threads {
+            0 => Ok(default_worker_threads()),
+            n if n <= MAX_WORKER_THREADS => Ok(n),
+            n => Err(ConfigError::Invalid {
+                key: "runtime.worker_threads",
+                message: format!("{n} is more than {MAX_WORKER_THREADS} (0: one per core)"),
+            }),
+        }
+    }
+}
+
+/// One worker thread per core (what the machine or the container's CPU limit offers).
+pub fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// `[backfill]`: how backfills read their tables (docs/backfill.md).
@@ -477,6 +509,7 @@ impl Config {
         self.delivery_config()?;
         self.check_ops()?;
         self.backfill_chunk_size()?;
+        self.runtime.worker_threads()?;
         Ok(())
     }
 
@@ -719,6 +752,17 @@ mod tests {
             jail.set_env("WALHOOK_BACKFILL__MAX_ROWS_PER_SECOND", "0");
             let (config, _) = Config::load(None).expect("0: no limit");
             assert_eq!(config.backfill.max_rows_per_second, 0);
+            assert_eq!(
+                config.runtime.worker_threads().unwrap(),
+                default_worker_threads()
+            );
+            jail.set_env("WALHOOK_RUNTIME__WORKER_THREADS", "100000");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("runtime.worker_threads"), "{err}");
+            assert!(err.contains("more than 256"), "{err}");
+            jail.set_env("WALHOOK_RUNTIME__WORKER_THREADS", "3");
+            let (config, _) = Config::load(None).expect("3 threads");
+            assert_eq!(config.runtime.worker_threads().unwrap(), 3);
             Ok(())
         });
     }

@@ -22,6 +22,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::change::{BackfillOrigin, Op, Origin, Row, RowChange};
+use crate::lsn::push_hex;
 
 /// What a watched table declares: its noun, the verbs it produces and the columns its
 /// events carry.
@@ -138,15 +139,23 @@ impl Event {
         let id = if backfill.is_some() {
             String::new() // set below, from the row key
         } else if replication {
-            // `evt_` + the position with `_` for its `-` (one allocation).
-            format!(
-                "evt_{:016X}_{}",
-                change.position.commit_lsn.0, change.position.index
-            )
+            // `evt_` + the position with `_` for its `-` (one allocation, no formatter).
+            let mut id = String::with_capacity(31);
+            id.push_str("evt_");
+            push_hex(&mut id, change.position.commit_lsn.0, 16);
+            id.push('_');
+            id.push_str(itoa::Buffer::new().format(change.position.index));
+            id
         } else {
-            format!("evt_t{:016X}", change.position.commit_lsn.0)
+            let mut id = String::with_capacity(21);
+            id.push_str("evt_t");
+            push_hex(&mut id, change.position.commit_lsn.0, 16);
+            id
         };
-        let event_type = format!("{}.{verb}", watch.noun);
+        let mut event_type = String::with_capacity(watch.noun.len() + 1 + verb.len());
+        event_type.push_str(&watch.noun);
+        event_type.push('.');
+        event_type.push_str(verb);
         let (mut data, mut previous) = match change.op {
             Op::Delete => (change.old.clone().unwrap_or_default(), change.old),
             Op::Update => (change.new.unwrap_or_default(), change.old),
@@ -173,12 +182,16 @@ impl Event {
             .iter()
             .map(|k| data.get(k).unwrap_or(&Value::Null))
             .collect();
-        let row_key = format!(
-            "{}.{}:{}",
-            change.table.schema,
-            change.table.name,
-            serde_json::to_string(&key).unwrap_or_default()
-        );
+        let row_key = {
+            let (schema, name) = (&change.table.schema, &change.table.name);
+            let mut text = Vec::with_capacity(schema.len() + name.len() + 24);
+            text.extend_from_slice(schema.as_bytes());
+            text.push(b'.');
+            text.extend_from_slice(name.as_bytes());
+            text.push(b':');
+            let _ = serde_json::to_writer(&mut text, &key);
+            String::from_utf8(text).unwrap_or_default()
+        };
         let id = match backfill {
             Some(origin) => backfill_event_id(origin.id, &row_key),
             None => id,
@@ -208,7 +221,7 @@ impl Event {
             source: Source {
                 schema: &change.table.schema,
                 table: &change.table.name,
-                lsn: replication.then(|| change.position.commit_lsn.to_string()),
+                lsn: replication.then(|| change.position.commit_lsn.text()),
                 xid: change.xid,
                 mode: if replication {
                     "replication"
@@ -314,8 +327,12 @@ mod tests {
             event.row_key, "public.users:[7]",
             "a hidden key still orders the row"
         );
+        assert_eq!(event.id, "evt_0000000000000010_0");
+        assert_eq!(event.event_type, "users.updated");
         let body: serde_json::Value = serde_json::from_slice(&event.body(None)).unwrap();
         assert_eq!(body["unavailable"], json!(["bio"]));
+        assert_eq!(body["source"]["lsn"], "0/10");
+        assert_eq!(body["timestamp"], "2000-01-01T00:00:00.000000Z");
         assert!(!String::from_utf8_lossy(&event.body(None)).contains("s1"));
         assert!(watch.shows("email") && !watch.shows("secret"));
         let only = Watch {

@@ -96,11 +96,27 @@ enum TokenCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let json_logs = std::sync::atomic::AtomicBool::new(false);
-    let result = command(cli, &json_logs).await;
+    // The configuration is read first: it sizes the runtime (`runtime.worker_threads`).
+    let config = (!matches!(cli.command, Command::Demo)).then(|| {
+        let config = load(cli.config.as_deref())?;
+        json_logs.store(
+            config.log.format == LogFormat::Json,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(config)
+    });
+    let threads = match &config {
+        Some(Ok(config)) => config.runtime.worker_threads()?,
+        _ => walhook::config::default_worker_threads(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(command(cli, config));
     match result {
         // With JSON logs, even the final error is a JSON line.
         Err(e) if json_logs.load(std::sync::atomic::Ordering::Relaxed) => {
@@ -127,14 +143,11 @@ fn init_logging(log: Option<&LogSection>) {
     }
 }
 
-async fn command(cli: Cli, json_logs: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
-    let load = |file: Option<&std::path::Path>| -> anyhow::Result<Config> {
-        let config = load(file)?;
-        json_logs.store(
-            config.log.format == LogFormat::Json,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        Ok(config)
+/// Runs `cli`'s command; `config` is the loaded configuration (`None` for `demo`, which
+/// needs none).
+async fn command(cli: Cli, config: Option<anyhow::Result<Config>>) -> anyhow::Result<()> {
+    let loaded = || -> anyhow::Result<Config> {
+        config.ok_or_else(|| anyhow::anyhow!("no configuration was loaded"))?
     };
     match cli.command {
         Command::Demo => {
@@ -142,7 +155,7 @@ async fn command(cli: Cli, json_logs: &std::sync::atomic::AtomicBool) -> anyhow:
             walhook::demo::run(std::io::stdout()).await
         }
         Command::Status { json } => {
-            let config = load(cli.config.as_deref())?;
+            let config = loaded()?;
             match walhook::ops::status::Status::read(&config).await {
                 Ok(status) => {
                     if json {
@@ -166,7 +179,7 @@ async fn command(cli: Cli, json_logs: &std::sync::atomic::AtomicBool) -> anyhow:
             }
         }
         Command::Run => {
-            let config = load(cli.config.as_deref())?;
+            let config = loaded()?;
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -183,19 +196,19 @@ async fn command(cli: Cli, json_logs: &std::sync::atomic::AtomicBool) -> anyhow:
             Ok(())
         }
         Command::Migrate => {
-            let config = load(cli.config.as_deref())?;
+            let config = loaded()?;
             migrated(&config).await?;
             eprintln!("walhook schema is up to date");
             Ok(())
         }
         Command::Token { action } => {
-            let config = load(cli.config.as_deref())?;
+            let config = loaded()?;
             token(&config, action).await
         }
         Command::Slot {
             action: SlotCommand::Reset,
         } => {
-            let config = load(cli.config.as_deref())?;
+            let config = loaded()?;
             let database = migrated(&config).await?;
             let gap = walhook::capture::progress::reset(
                 &database,
@@ -219,7 +232,7 @@ async fn command(cli: Cli, json_logs: &std::sync::atomic::AtomicBool) -> anyhow:
             Ok(())
         }
         Command::Tail { tables } => {
-            let mut config = load(cli.config.as_deref())?;
+            let mut config = loaded()?;
             config
                 .tables
                 .extend(tables.into_iter().map(|name| TableSection {

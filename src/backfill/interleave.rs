@@ -744,9 +744,9 @@ mod tests {
 
     #[test]
     fn released_slices_are_spread_at_the_rate_without_a_catch_up_burst() {
-        // 6,400 rows/s: a slice of 64 every 10 ms.
+        // A slice every 10 ms.
         let ms = Duration::from_millis;
-        let mut spacing = Spacing::new(6_400);
+        let mut spacing = Spacing::new(SLICE as u64 * 100);
         let start = spacing.next;
         assert!(start <= Instant::now());
         spacing.released(SLICE, start);

@@ -52,10 +52,13 @@ impl Key {
         let mut mac = self.0.clone();
         mac.update(id.as_bytes());
         mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
+        mac.update(itoa::Buffer::new().format(timestamp).as_bytes());
         mac.update(b".");
         mac.update(body);
-        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+        let mut signature = String::with_capacity(47);
+        signature.push_str("v1,");
+        STANDARD.encode_string(mac.finalize().into_bytes(), &mut signature);
+        signature
     }
 }
 
