@@ -22,33 +22,38 @@ use crate::subscriptions::routing::Route;
 /// Claimed rows or batches served at once, over all subscriptions.
 const MAX_RETRIES_RUNNING: usize = 256;
 
-/// The retries being served, and how many of them each subscription has.
+/// The retries being served, and how many of them each subscription has. A retry is
+/// counted out when its task ends in any way, a panic included (by its task id), so a
+/// failed task never leaves its subscription's count too high.
 #[derive(Default)]
 struct Running {
-    tasks: tokio::task::JoinSet<uuid::Uuid>,
+    tasks: tokio::task::JoinSet<()>,
+    /// The subscription of each running task.
+    subs: HashMap<tokio::task::Id, uuid::Uuid>,
     per_sub: HashMap<uuid::Uuid, usize>,
 }
+
+/// How a retry task ended: its id, or the error that carries it.
+type Ended = Result<(tokio::task::Id, ()), tokio::task::JoinError>;
 
 impl Running {
     /// Serves `work`, a retry of subscription `sub`.
     fn spawn(&mut self, sub: uuid::Uuid, work: impl Future<Output = ()> + Send + 'static) {
         *self.per_sub.entry(sub).or_default() += 1;
-        self.tasks.spawn(async move {
-            work.await;
-            sub
-        });
+        let task = self.tasks.spawn(work).id();
+        self.subs.insert(task, sub);
     }
 
     /// Counts out the retries that ended.
     fn reap(&mut self) {
-        while let Some(ended) = self.tasks.try_join_next() {
+        while let Some(ended) = self.tasks.try_join_next_with_id() {
             self.ended(ended);
         }
     }
 
     /// Waits for a retry to end and counts it out; `false` when none is running.
     async fn join_next(&mut self) -> bool {
-        match self.tasks.join_next().await {
+        match self.tasks.join_next_with_id().await {
             Some(ended) => {
                 self.ended(ended);
                 true
@@ -57,8 +62,17 @@ impl Running {
         }
     }
 
-    fn ended(&mut self, ended: Result<uuid::Uuid, tokio::task::JoinError>) {
-        let Ok(sub) = ended else { return };
+    fn ended(&mut self, ended: Ended) {
+        let task = match ended {
+            Ok((task, ())) => task,
+            Err(e) => {
+                tracing::error!(error = %e, "a retry task failed; its claimed rows are attempted again when their lease ends");
+                e.id()
+            }
+        };
+        let Some(sub) = self.subs.remove(&task) else {
+            return;
+        };
         if let Some(n) = self.per_sub.get_mut(&sub) {
             *n -= 1;
             if *n == 0 {
@@ -107,6 +121,8 @@ impl Delivery {
             running.reap();
             let skip = running.saturated(slots);
             let mut claimed = false;
+            // One warning per round when the database is away, not one per query.
+            let mut failed = false;
             if !running.full() {
                 match self.queue.claim_batches(16, self.lease(), &skip).await {
                     Ok(rows) => {
@@ -118,7 +134,10 @@ impl Delivery {
                             running.spawn(batch[0].subscription_id, work);
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "claiming due batches failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming due batches failed");
+                        failed = true;
+                    }
                 }
             }
             if !running.full() {
@@ -129,6 +148,9 @@ impl Delivery {
                             let sub = row.subscription_id;
                             running.spawn(sub, self.clone().retry_row(row, stop.clone()));
                         }
+                    }
+                    Err(e) if failed => {
+                        tracing::debug!(error = %e, "claiming due deliveries failed too");
                     }
                     Err(e) => tracing::warn!(error = %e, "claiming due deliveries failed"),
                 }
@@ -264,5 +286,24 @@ impl Delivery {
             }
             Verdict::Dead { error } => self.queue.failed(row, attempts as i32, None, &error).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_retry_that_panics_is_counted_out_of_its_subscription() {
+        let (sub, other) = (uuid::Uuid::from_u128(1), uuid::Uuid::from_u128(2));
+        let mut running = Running::default();
+        running.spawn(sub, async { panic!("a retry failed") });
+        running.spawn(sub, async {});
+        running.spawn(other, std::future::pending());
+        assert_eq!(running.saturated(2), vec![sub]);
+        assert!(running.join_next().await);
+        assert!(running.join_next().await);
+        assert!(running.saturated(1) == vec![other], "{:?}", running.per_sub);
+        assert_eq!(running.subs.len(), 1);
     }
 }
