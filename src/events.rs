@@ -138,18 +138,16 @@ impl Event {
         };
         let id = if backfill.is_some() {
             String::new() // set below, from the row key
-        } else if replication {
-            // `evt_` + the position with `_` for its `-` (one allocation, no formatter).
-            let mut id = String::with_capacity(31);
-            id.push_str("evt_");
-            push_hex(&mut id, change.position.commit_lsn.0, 16);
-            id.push('_');
-            id.push_str(itoa::Buffer::new().format(change.position.index));
-            id
         } else {
-            let mut id = String::with_capacity(21);
-            id.push_str("evt_t");
+            // Replication: `evt_` + the position with `_` for its `-`; trigger: `evt_t` +
+            // the outbox sequence. One allocation, no formatter.
+            let mut id = String::with_capacity(31);
+            id.push_str(if replication { "evt_" } else { "evt_t" });
             push_hex(&mut id, change.position.commit_lsn.0, 16);
+            if replication {
+                id.push('_');
+                id.push_str(itoa::Buffer::new().format(change.position.index));
+            }
             id
         };
         let mut event_type = String::with_capacity(watch.noun.len() + 1 + verb.len());

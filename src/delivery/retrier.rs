@@ -22,15 +22,14 @@ use crate::subscriptions::routing::Route;
 /// Claimed rows or batches served at once, over all subscriptions.
 const MAX_RETRIES_RUNNING: usize = 256;
 
-/// The retries being served, and how many of them each subscription has. A retry is
-/// counted out when its task ends in any way, a panic included (by its task id), so a
-/// failed task never leaves its subscription's count too high.
+/// The retries being served, each with its subscription. A retry is counted out when its
+/// task ends in any way, a panic included (by its task id), so a failed task never leaves
+/// its subscription's count too high.
 #[derive(Default)]
 struct Running {
     tasks: tokio::task::JoinSet<()>,
     /// The subscription of each running task.
     subs: HashMap<tokio::task::Id, uuid::Uuid>,
-    per_sub: HashMap<uuid::Uuid, usize>,
 }
 
 /// How a retry task ended: its id, or the error that carries it.
@@ -39,7 +38,6 @@ type Ended = Result<(tokio::task::Id, ()), tokio::task::JoinError>;
 impl Running {
     /// Serves `work`, a retry of subscription `sub`.
     fn spawn(&mut self, sub: uuid::Uuid, work: impl Future<Output = ()> + Send + 'static) {
-        *self.per_sub.entry(sub).or_default() += 1;
         let task = self.tasks.spawn(work).id();
         self.subs.insert(task, sub);
     }
@@ -70,15 +68,7 @@ impl Running {
                 e.id()
             }
         };
-        let Some(sub) = self.subs.remove(&task) else {
-            return;
-        };
-        if let Some(n) = self.per_sub.get_mut(&sub) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_sub.remove(&sub);
-            }
-        }
+        self.subs.remove(&task);
     }
 
     /// Whether [`MAX_RETRIES_RUNNING`] are running.
@@ -88,10 +78,14 @@ impl Running {
 
     /// The subscriptions with `slots` or more retries running.
     fn saturated(&self, slots: usize) -> Vec<uuid::Uuid> {
-        self.per_sub
-            .iter()
-            .filter(|&(_, &n)| n >= slots)
-            .map(|(&sub, _)| sub)
+        let mut per_sub: HashMap<uuid::Uuid, usize> = HashMap::new();
+        for sub in self.subs.values() {
+            *per_sub.entry(*sub).or_default() += 1;
+        }
+        per_sub
+            .into_iter()
+            .filter(|&(_, n)| n >= slots)
+            .map(|(sub, _)| sub)
             .collect()
     }
 }
@@ -303,7 +297,7 @@ mod tests {
         assert_eq!(running.saturated(2), vec![sub]);
         assert!(running.join_next().await);
         assert!(running.join_next().await);
-        assert!(running.saturated(1) == vec![other], "{:?}", running.per_sub);
+        assert!(running.saturated(1) == vec![other], "{:?}", running.subs);
         assert_eq!(running.subs.len(), 1);
     }
 }
