@@ -140,7 +140,7 @@ impl Event {
             String::new() // set below, from the row key
         } else {
             // Replication: `evt_` + the position with `_` for its `-`; trigger: `evt_t` +
-            // the outbox sequence. One allocation, no formatter.
+            // the outbox row id. One allocation, no formatter.
             let mut id = String::with_capacity(31);
             id.push_str(if replication { "evt_" } else { "evt_t" });
             push_hex(&mut id, change.position.commit_lsn.0, 16);
