@@ -357,7 +357,7 @@ impl Worker {
             }
             let read = rows.len() as i64;
             pace.read(rows.len() as u64);
-            let (chosen, last_key) = self.choose(&rows, &table, &filter);
+            let (chosen, last_key) = self.choose(&rows, &table, &filter).await;
             match self.stage.lock().get_mut(&nonce) {
                 Some(chunk) => chunk.rows = Some(chosen),
                 None => {
@@ -400,8 +400,11 @@ impl Worker {
         }
     }
 
-    /// The rows the filter keeps (generated columns dropped) and the last row's key.
-    fn choose(
+    /// The rows the filter keeps (generated columns dropped) and the last row's key. A
+    /// chunk's rows are parsed in the task's cooperative budget (it yields when the budget
+    /// is spent), so a chunk never holds a worker thread for milliseconds while live events
+    /// wait on it.
+    async fn choose(
         &self,
         rows: &[String],
         table: &Table,
@@ -410,6 +413,7 @@ impl Worker {
         let mut last_key = None;
         let mut chosen = Vec::with_capacity(rows.len());
         for text in rows {
+            tokio::task::consume_budget().await;
             let Ok(Value::Object(mut image)) = serde_json::from_str::<Value>(text) else {
                 continue;
             };

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::job::{Completed, Done, Job};
+use super::lanes::Lanes;
 use super::spill::key;
 use super::watermark::Watermark;
 use super::{Delivery, locked};
@@ -49,6 +50,7 @@ impl Delivery {
         let mut snapshot = routing.snapshot();
         let mut closed = false;
         let mut finish_by: Option<Instant> = None;
+        let mut lanes = Lanes::start(&self);
         loop {
             let stopping = stop.is_cancelled() || closed;
             if stopping {
@@ -99,7 +101,7 @@ impl Delivery {
                             outstanding += 1;
                             self.load.set(outstanding);
                             let done = Done::new(next, tx, job.sub.clone(), done_tx.clone());
-                            tokio::spawn(self.clone().run_job(job, done));
+                            lanes.run(job, done);
                         }
                     }
                     Some(CaptureMessage::Commit(commit)) => watermark.commit(commit.end_lsn, commit.commit_time),
@@ -113,6 +115,7 @@ impl Delivery {
         }
         watermark.advance();
         // Attempts that outlived the hold end within the timeout; let them settle their rows.
+        lanes.finish().await;
         while self.held_in_flight.load(Ordering::Acquire) > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -13,10 +13,12 @@
 //! Stages: [`dispatcher`] (transactions → jobs, stopping at a transaction boundary),
 //! [`batch`] (jobs of subscriptions with `batch_max` ≥ 2 gathered into one request),
 //! [`job`] (one event to one subscription: wait for its row's predecessor, a slot, the
-//! attempt), [`spill`] (into the queue table, and the in-memory marks that keep later
-//! events of a row behind it), [`retrier`] (due rows of the table), [`watermark`] (which
-//! transactions may be acknowledged), [`client`] ([`guard`] + [`signing`]; HTTP/1.1 on the
-//! socket for cleartext targets, reqwest for the others), whose outcome [`retry`] judges.
+//! attempt), [`lanes`] (where jobs run: a live event's in a task of its own, backfilled
+//! ones in a few bulk lanes that keep them from crowding the run queues), [`spill`] (into
+//! the queue table, and the in-memory marks that keep later events of a row behind it),
+//! [`retrier`] (due rows of the table), [`watermark`] (which transactions may be
+//! acknowledged), [`client`] ([`guard`] + [`signing`]; HTTP/1.1 on the socket for cleartext
+//! targets, reqwest for the others), whose outcome [`retry`] judges.
 //! A subscription whose endpoint cannot be reached has its [`breaker`] opened: its events
 //! queue without attempts until the next probe.
 //!
@@ -40,6 +42,7 @@ mod direct;
 mod dispatcher;
 pub mod guard;
 mod job;
+mod lanes;
 pub mod queue;
 pub mod recent;
 mod retrier;
