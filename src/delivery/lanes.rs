@@ -17,7 +17,9 @@
 //! delays no other job (ordering and limits are the jobs' own, see [`super::job`]). A job
 //! that panics is logged and dropped; its lane goes on.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::stream::FuturesUnordered;
@@ -31,10 +33,13 @@ use super::job::{Done, Job};
 /// Jobs a lane takes from its channel at once.
 const TAKE: usize = 256;
 
+/// A job as a lane runs it: [`Delivery::run_job`]'s future, on the heap.
+type LaneJob = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The bulk lanes of one dispatcher run.
 pub(super) struct Lanes {
     delivery: Arc<Delivery>,
-    lanes: Vec<mpsc::UnboundedSender<(Job, Done)>>,
+    lanes: Vec<mpsc::UnboundedSender<LaneJob>>,
     next: usize,
     tasks: JoinSet<()>,
 }
@@ -50,7 +55,7 @@ impl Lanes {
         let lanes = (0..n)
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tasks.spawn(lane(delivery.clone(), rx));
+                tasks.spawn(lane(rx));
                 tx
             })
             .collect();
@@ -70,7 +75,8 @@ impl Lanes {
             return;
         }
         self.next = (self.next + 1) % self.lanes.len();
-        if self.lanes[self.next].send((job, done)).is_err() {
+        let job = Box::pin(self.delivery.clone().run_job(job, done));
+        if self.lanes[self.next].send(job).is_err() {
             // A lane ends only when its channel closes (below): not while the sender lives.
             tracing::error!("a bulk delivery lane is gone; a backfilled job was not run");
         }
@@ -85,7 +91,7 @@ impl Lanes {
 }
 
 /// Runs the jobs sent to it until its channel is closed and every job has ended.
-async fn lane(delivery: Arc<Delivery>, mut jobs: mpsc::UnboundedReceiver<(Job, Done)>) {
+async fn lane<F: Future<Output = ()>>(mut jobs: mpsc::UnboundedReceiver<F>) {
     let mut running = FuturesUnordered::new();
     let mut open = true;
     loop {
@@ -101,8 +107,7 @@ async fn lane(delivery: Arc<Delivery>, mut jobs: mpsc::UnboundedReceiver<(Job, D
                 Some(first) => {
                     // Whatever else has come in joins it now: one wake-up for all.
                     let more = std::iter::from_fn(|| jobs.try_recv().ok()).take(TAKE - 1);
-                    for (job, done) in std::iter::once(first).chain(more) {
-                        let job = delivery.clone().run_job(job, done);
+                    for job in std::iter::once(first).chain(more) {
                         running.push(AssertUnwindSafe(job).catch_unwind());
                     }
                 }
@@ -110,5 +115,35 @@ async fn lane(delivery: Arc<Delivery>, mut jobs: mpsc::UnboundedReceiver<(Job, D
             },
             else => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_job_that_panics_leaves_its_lane_running() {
+        let (tx, rx) = mpsc::unbounded_channel::<LaneJob>();
+        let lane = tokio::spawn(lane(rx));
+        let (ran_tx, ran) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        tx.send(Box::pin(async { panic!("a job's bug") }))
+            .unwrap_or_else(|_| unreachable!());
+        tx.send(Box::pin(async move {
+            let _ = released.await;
+            let _ = ran_tx.send(());
+        }))
+        .unwrap_or_else(|_| unreachable!());
+        drop(tx);
+        // The lane outlives its closed channel while a job still runs.
+        tokio::task::yield_now().await;
+        assert!(!lane.is_finished());
+        let _ = release.send(());
+        assert!(ran.await.is_ok(), "the job after the panicking one ran");
+        assert!(
+            lane.await.is_ok(),
+            "the lane ended normally once its jobs had"
+        );
     }
 }
