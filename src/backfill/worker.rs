@@ -402,8 +402,8 @@ impl Worker {
 
     /// The rows the filter keeps (generated columns dropped) and the last row's key. A
     /// chunk's rows are parsed in the task's cooperative budget (it yields when the budget
-    /// is spent), so a chunk never holds a worker thread for milliseconds while live events
-    /// wait on it.
+    /// is spent), so a chunk does not hold a worker thread for its whole parse while live
+    /// events wait on it.
     async fn choose(
         &self,
         rows: &[String],
