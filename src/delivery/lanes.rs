@@ -11,7 +11,8 @@
 //! fill the runtime's run queues, and every live event — its capture, its dispatch, its
 //! job — would wait behind them for a worker thread. In the lanes they take one run-queue
 //! entry per lane (one lane per worker thread), whatever their number, so a live event's
-//! tasks wait behind at most a lane's turn. A lane takes its jobs from a channel (many per
+//! tasks wait behind at most a lane's turn; a turn ends once it has run for [`SLICE`] (the
+//! job polled then finishes its step first). A lane takes its jobs from a channel (many per
 //! wake-up) and polls the running ones as one set; each still waits for its row's
 //! predecessor, its subscription's slot and its endpoint on its own, so a slow endpoint
 //! delays no other job (ordering and limits are the jobs' own, see [`super::job`]). A job
@@ -21,6 +22,8 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -32,6 +35,9 @@ use super::job::{Done, Job};
 
 /// Jobs a lane takes from its channel at once.
 const TAKE: usize = 256;
+
+/// How long one poll of a lane runs its jobs before it yields its worker thread.
+const SLICE: Duration = Duration::from_micros(100);
 
 /// A job as a lane runs it: [`Delivery::run_job`]'s future, on the heap.
 type LaneJob = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -90,32 +96,57 @@ impl Lanes {
     }
 }
 
-/// Runs the jobs sent to it until its channel is closed and every job has ended.
+/// Runs the jobs sent to it until its channel is closed and every job has ended. Once a poll
+/// of the lane has run its jobs for [`SLICE`], it yields its worker thread, however many of
+/// its jobs are ready: a live event's task queued behind it waits about that long.
 async fn lane<F: Future<Output = ()>>(mut jobs: mpsc::UnboundedReceiver<F>) {
     let mut running = FuturesUnordered::new();
     let mut open = true;
-    loop {
-        tokio::select! {
-            biased;
-            Some(ended) = running.next(), if !running.is_empty() => {
-                let ended: std::thread::Result<()> = ended;
-                if ended.is_err() {
-                    tracing::error!("a backfilled delivery job panicked; its event waits for a restart");
-                }
-            }
-            job = jobs.recv(), if open => match job {
-                Some(first) => {
-                    // Whatever else has come in joins it now: one wake-up for all.
-                    let more = std::iter::from_fn(|| jobs.try_recv().ok()).take(TAKE - 1);
-                    for job in std::iter::once(first).chain(more) {
-                        running.push(AssertUnwindSafe(job).catch_unwind());
+    std::future::poll_fn(move |cx| {
+        let started = Instant::now();
+        loop {
+            let mut progressed = false;
+            if open {
+                let mut taken = 0;
+                while taken < TAKE {
+                    match jobs.poll_recv(cx) {
+                        Poll::Ready(Some(job)) => {
+                            running.push(AssertUnwindSafe(job).catch_unwind());
+                            taken += 1;
+                        }
+                        Poll::Ready(None) => {
+                            open = false;
+                            break;
+                        }
+                        Poll::Pending => break,
                     }
                 }
-                None => open = false,
-            },
-            else => break,
+                progressed |= taken > 0;
+            }
+            match running.poll_next_unpin(cx) {
+                Poll::Ready(Some(ended)) => {
+                    let ended: std::thread::Result<()> = ended;
+                    if ended.is_err() {
+                        tracing::error!(
+                            "a backfilled delivery job panicked; its event waits for a restart"
+                        );
+                    }
+                    progressed = true;
+                }
+                Poll::Ready(None) if !open => return Poll::Ready(()),
+                _ => {}
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+            if started.elapsed() >= SLICE {
+                // Woken while running, the task goes to the back of the run queue.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
         }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -145,5 +176,33 @@ mod tests {
             lane.await.is_ok(),
             "the lane ended normally once its jobs had"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lane_of_many_ready_jobs_yields_to_other_tasks() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (tx, rx) = mpsc::unbounded_channel::<LaneJob>();
+        let ended = Arc::new(AtomicUsize::new(0));
+        for _ in 0..1000 {
+            let ended = ended.clone();
+            tx.send(Box::pin(async move {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_micros(50) {}
+                ended.fetch_add(1, Ordering::Relaxed);
+            }))
+            .unwrap_or_else(|_| unreachable!());
+        }
+        drop(tx);
+        // One thread: the probe runs only when the lane yields it.
+        let lane = tokio::spawn(lane(rx));
+        let seen = ended.clone();
+        let probe = tokio::spawn(async move { seen.load(Ordering::Relaxed) });
+        let before_probe = probe.await.unwrap_or(usize::MAX);
+        assert!(
+            before_probe < 100,
+            "the lane ran {before_probe} of its 1,000 ready jobs before another task"
+        );
+        assert!(lane.await.is_ok());
+        assert_eq!(ended.load(Ordering::Relaxed), 1000);
     }
 }
