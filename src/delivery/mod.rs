@@ -297,6 +297,10 @@ impl Delivery {
             }
             Outcome::Gone => {
                 tracing::warn!(subscription = %id, "target answered 410 Gone; deactivating the subscription");
+                // Out of routing before the write, so that no transaction begun once it is
+                // visible is routed here; and again after it, over any full load that read
+                // the row still active in between.
+                self.routing.apply(id, None);
                 let deactivated =
                     Box::pin(self.queue.deactivate(id, "target answered 410 Gone")).await;
                 if deactivated.is_ok() {
