@@ -90,7 +90,7 @@ pub(super) struct Chunk {
     /// Told when HIGH's frame went through.
     pub high_done: Option<oneshot::Sender<HighDone>>,
     /// The rows read, set before HIGH is emitted.
-    pub rows: Option<Vec<Row>>,
+    pub rows: Option<Read>,
     open: bool,
     truncated: bool,
     changed: HashSet<String>,
@@ -116,6 +116,24 @@ impl Chunk {
             truncated: false,
             changed: HashSet::new(),
         }
+    }
+}
+
+/// A chunk's rows as the worker read them, each with its row key, and the set of those
+/// keys: both made by the worker, so that a chunk's HIGH costs the stream's path only the
+/// removal of the rows that changed in its window.
+#[derive(Default)]
+pub(super) struct Read {
+    rows: Vec<(String, Row)>,
+    keys: HashSet<String>,
+}
+
+impl Read {
+    /// Adds a row of a table keyed by `key` columns.
+    pub fn push(&mut self, key: &[String], row: Row) {
+        let row_key = row_key(key, &row);
+        self.keys.insert(row_key.clone());
+        self.rows.push((row_key, row));
     }
 }
 
@@ -522,7 +540,7 @@ async fn forward(
             if let Some(mark) = change.watermark() {
                 // Rare: always under the lock (a watermark of a killed run or of a chunk
                 // given up finds no chunk and is dropped).
-                if let Some(Some((rows, done))) =
+                if let Some(Some((rows, keys, done))) =
                     watermark(handle, mark, stage.begin.as_ref(), change)
                 {
                     let sent = rows.len() as u64;
@@ -530,7 +548,7 @@ async fn forward(
                         stage.finished.push((done, 0));
                     } else {
                         stage.pending.push_back(Pending {
-                            keys: rows.iter().map(|(key, _)| key.clone()).collect(),
+                            keys,
                             rows: rows.into(),
                             done,
                             sent,
@@ -587,8 +605,12 @@ fn record(handle: &Interleave, change: &RowChange) {
 }
 
 /// The surviving rows of a chunk (as changes positioned in HIGH's frame), each with its row
-/// key, and the sender to report the frame's end on.
-type Emitted = (Vec<(String, RowChange)>, oneshot::Sender<HighDone>);
+/// key, the set of those keys, and the sender to report the frame's end on.
+type Emitted = (
+    Vec<(String, RowChange)>,
+    HashSet<String>,
+    oneshot::Sender<HighDone>,
+);
 
 /// Handles a watermark: LOW opens the window (`Some(None)`); HIGH closes it and returns
 /// the surviving rows (`Some(Some(..))`). `None`: not a watermark of a registered chunk.
@@ -627,11 +649,19 @@ fn watermark(
                 Some(b) => (b.commit_lsn, b.xid, b.commit_time),
                 None => (change.position.commit_lsn, change.xid, change.commit_time),
             };
-            let rows = if chunk.truncated { Vec::new() } else { rows };
+            let Read { mut rows, mut keys } = if chunk.truncated {
+                Read::default()
+            } else {
+                rows
+            };
+            if !chunk.changed.is_empty() {
+                rows.retain(|(key, _)| !chunk.changed.contains(key));
+                for key in &chunk.changed {
+                    keys.remove(key);
+                }
+            }
             let changes = rows
                 .into_iter()
-                .map(|row| (row_key(&chunk.table.key, &row), row))
-                .filter(|(key, _)| !chunk.changed.contains(key))
                 .enumerate()
                 .map(|(i, (key, row))| {
                     let change = RowChange {
@@ -651,7 +681,7 @@ fn watermark(
                     (key, change)
                 })
                 .collect();
-            Some(Some((changes, done)))
+            Some(Some((changes, keys, done)))
         }
         _ => None,
     }
@@ -791,7 +821,11 @@ mod tests {
         }
         low_rx.await.unwrap();
         // The chunk read 1..=100; row 3 changes inside the window (dropped from the chunk).
-        handle.lock().get_mut("run:1").unwrap().rows = Some((1..=100).map(row).collect());
+        let mut read = Read::default();
+        for id in 1..=100 {
+            read.push(&table().key, row(id));
+        }
+        handle.lock().get_mut("run:1").unwrap().rows = Some(read);
         let mut messages = frame(vec![change(table(), row(3), 20)], 20);
         messages.extend(frame(vec![mark(&origin, "run:1", "high")], 30));
         // Delivery has not taken anything yet: rows are kept, except row 50, which a live

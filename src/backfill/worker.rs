@@ -36,7 +36,7 @@ use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
 use super::BackfillError;
-use super::interleave::{Chunk, HighDone, Interleave, LowSeen, payload};
+use super::interleave::{Chunk, HighDone, Interleave, LowSeen, Read, payload};
 use crate::capture::Acknowledger;
 use crate::change::{BackfillOrigin, Row, Table, WATERMARK_PREFIX, WATERMARK_TABLE};
 use crate::database::Database;
@@ -400,8 +400,8 @@ impl Worker {
         }
     }
 
-    /// The rows the filter keeps (generated columns dropped) and the last row's key. A
-    /// chunk's rows are parsed in the task's cooperative budget (it yields when the budget
+    /// The rows the filter keeps (generated columns dropped), keyed, and the last row's
+    /// key. A chunk's rows are parsed and keyed in the task's cooperative budget (it yields when the budget
     /// is spent), so a chunk does not hold a worker thread for its whole parse while live
     /// events wait on it.
     async fn choose(
@@ -409,9 +409,9 @@ impl Worker {
         rows: &[String],
         table: &Table,
         filter: &Filter,
-    ) -> (Vec<Row>, Option<String>) {
+    ) -> (Read, Option<String>) {
         let mut last_key = None;
-        let mut chosen = Vec::with_capacity(rows.len());
+        let mut chosen = Read::default();
         for text in rows {
             tokio::task::consume_budget().await;
             let Ok(Value::Object(mut image)) = serde_json::from_str::<Value>(text) else {
@@ -423,7 +423,7 @@ impl Worker {
             }
             last_key = Some(key_object(&table.key, &image));
             if filter.matches_row(&image) {
-                chosen.push(image);
+                chosen.push(&table.key, image);
             }
         }
         (chosen, last_key)
